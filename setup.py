@@ -1,0 +1,89 @@
+"""Builds clippo and its extension `clippo._C` (torch custom ops; see csrc/).
+
+The C++ sources always build. The CUDA sources build when torch is a CUDA build and nvcc is
+found; CLIPPO_USE_CUDA=1 forces them (an error if impossible), CLIPPO_USE_CUDA=0 skips them.
+DEBUG=1 builds with -O0 -g. Use `pip install --no-build-isolation .` so the build sees the
+installed torch.
+"""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_sources():
+    groups, group = {"cpu": [], "cuda": []}, None
+    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("["):
+            group = line.strip("[]")
+        elif line:
+            groups[group].append(line)
+    return groups
+
+
+def want_cuda(torch, cuda_home):
+    flag = os.environ.get("CLIPPO_USE_CUDA", "").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    has = torch.version.cuda is not None and cuda_home is not None
+    if flag in ("1", "true", "yes", "on"):
+        if not has:
+            sys.exit("CLIPPO_USE_CUDA=1 but torch is a CPU build or nvcc/CUDA_HOME was not found")
+        return True
+    if torch.version.cuda is not None and cuda_home is None:
+        print("clippo: torch has CUDA but nvcc was not found; building the CPU extension only")
+    return has
+
+
+def extensions():
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = read_sources()
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++17", "-fvisibility=hidden"]
+    if want_cuda(torch, cpp_extension.CUDA_HOME):
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        if not archs:  # build for the GPUs we care about without needing one present
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        nvcc = opt + ["-std=c++17", "-lineinfo", "--use_fast_math"]
+        return [cpp_extension.CUDAExtension(
+            "clippo._C", sources["cpu"] + sources["cuda"],
+            define_macros=[("CLIPPO_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+    return [cpp_extension.CppExtension(
+        "clippo._C", sources["cpu"], extra_compile_args={"cxx": cxx})]
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    class Build(BuildExtension):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, use_ninja=shutil.which("ninja") is not None, **kwargs)
+    return Build
+
+
+setup(
+    name="clippo",
+    version="0.1.0",
+    description="CLIPPO (image-and-language understanding from pixels only) in PyTorch",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0 (code); GNU Unifont: SIL OFL 1.1 / GPL-2+ with font embedding exception",
+    packages=find_packages(include=["clippo", "clippo.*"]),
+    package_data={"clippo": ["fonts/*", "model_configs/*.json"]},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.6", "numpy", "freetype-py", "safetensors"],
+    extras_require={"triton": ["triton"], "dev": ["pytest", "ninja", "pybind11"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": build_ext_class()},
+    entry_points={"console_scripts": ["clippo=clippo.cli:main"]},
+    zip_safe=False,
+)
