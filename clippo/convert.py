@@ -1,0 +1,334 @@
+"""big_vision .npz <-> CLIPPO, and the save_pretrained format (safetensors + config.json).
+
+Every torch parameter maps to one big_vision leaf: the module path with "." -> "/",
+"weight" -> "kernel" (Dense, Conv) or "scale" (LayerNorm), under "img/" (plus "t"). Layouts:
+
+    Conv      kernel (P, P, 3, D) HWIO         <-> weight [D, 3, P, P]
+    Dense     kernel (in, out)                 <-> weight [out, in]
+    q/k/v     kernel (D, H, Dh), bias (H, Dh)  <-> weight [H*Dh, D], bias [H*Dh]
+    out       kernel (H, Dh, D)                <-> weight [D, H*Dh]
+
+Loading builds the model on the meta device and assigns tensors that are views of the arrays
+np.load just read (a reshape/transpose, no copy), so a checkpoint costs about one copy of
+its parameters in memory. The conv kernel is the one leaf made contiguous (it is small, and
+the patch-embedding kernel wants a dense weight).
+
+CLI: `clippo convert in.npz out_dir` (see `main`).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clippo.model.clippo import CLIPPO
+from clippo.model.vit import MultiHeadDotProductAttention
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+# -- the leaf mapping ---------------------------------------------------------------------
+
+class _Leaf:
+    """One parameter: its big_vision path and the layout change in each direction."""
+
+    def __init__(self, torch_name, bv_path, to_torch, to_bv):
+        self.torch_name, self.bv_path = torch_name, bv_path
+        self.to_torch, self.to_bv = to_torch, to_bv
+
+
+def _identity(x):
+    return x
+
+
+def _leaves(model):
+    """[_Leaf] for every parameter of `model` (a CLIPPO), in state_dict order."""
+    leaves = []
+    for mod_name, mod in model.named_modules():
+        parent = mod_name.rpartition(".")[0]
+        parent_mod = model.get_submodule(parent) if mod_name else None
+        for pname, p in mod.named_parameters(recurse=False):
+            tname = f"{mod_name}.{pname}" if mod_name else pname
+            leaf = pname
+            to_torch = to_bv = _identity
+            shape = tuple(p.shape)
+            if isinstance(mod, nn.LayerNorm):
+                leaf = {"weight": "scale", "bias": "bias"}[pname]
+            elif isinstance(mod, nn.Conv2d) and pname == "weight":
+                leaf = "kernel"
+                to_torch = lambda a: a.permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
+                to_bv = lambda t: t.permute(2, 3, 1, 0)
+            elif isinstance(mod, nn.Linear) and isinstance(parent_mod, MultiHeadDotProductAttention):
+                h, dh = parent_mod.num_heads, parent_mod.head_dim
+                if mod_name.endswith(".out"):
+                    if pname == "weight":
+                        leaf = "kernel"
+                        to_torch = lambda a, s=shape: a.reshape(s[1], s[0]).t()
+                        to_bv = lambda t, h=h, dh=dh: t.t().reshape(h, dh, -1)
+                else:
+                    if pname == "weight":
+                        leaf = "kernel"
+                        to_torch = lambda a, s=shape: a.reshape(s[1], s[0]).t()
+                        to_bv = lambda t, h=h, dh=dh: t.t().reshape(-1, h, dh)
+                    else:
+                        to_torch = lambda a: a.reshape(-1)
+                        to_bv = lambda t, h=h, dh=dh: t.reshape(h, dh)
+            elif isinstance(mod, nn.Linear) and pname == "weight":
+                leaf = "kernel"
+                to_torch = lambda a: a.t()
+                to_bv = lambda t: t.t()
+            bv_path = "/".join(([mod_name.replace(".", "/")] if mod_name else []) + [leaf])
+            leaves.append(_Leaf(tname, bv_path, to_torch, to_bv))
+    return leaves
+
+
+def _bv_shape(leaf, param):
+    return tuple(leaf.to_bv(torch.empty(param.shape, device="meta")).shape)
+
+
+# -- reading a big_vision checkpoint ------------------------------------------------------
+
+def _open_npz(path):
+    """The model arrays of a big_vision .npz as {path without "params/": lazy loader}."""
+    try:
+        npz = np.load(path, allow_pickle=False)  # never unpickle a checkpoint
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as a .npz checkpoint: {e}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not a .npz checkpoint")
+    entries = {}
+    for key in npz.files:
+        if key == "opt" or key.startswith("opt/"):
+            continue  # optimizer state
+        name = key[len("params/"):] if key.startswith("params/") else key
+        if name in entries:
+            raise ValueError(f"checkpoint has both {name!r} and 'params/{name}'")
+        entries[name] = key
+    return npz, entries
+
+
+def _read(npz, key):
+    try:
+        arr = npz[key]
+    except ValueError as e:  # object arrays are refused by allow_pickle=False
+        raise ValueError(f"checkpoint entry {key!r} cannot be loaded without unpickling "
+                         f"(refused): {e}") from None
+    if arr.dtype.kind != "f":
+        raise ValueError(f"checkpoint entry {key!r} has dtype {arr.dtype}, expected floats")
+    if arr.dtype != np.float32:  # also fixes a non-native byte order
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _shape(npz, key):
+    """Array shape from the .npy header, without reading the data."""
+    from numpy.lib import format as npformat
+    member = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+    with npz.zip.open(member) as f:
+        version = npformat.read_magic(f)
+        if version == (1, 0):
+            shape, _, _ = npformat.read_array_header_1_0(f)
+        else:
+            shape, _, _ = npformat.read_array_header_2_0(f)
+    return tuple(shape)
+
+
+def _need(entries, name):
+    if name not in entries:
+        raise KeyError(f"checkpoint is missing {name!r} (needed to infer the architecture)")
+    return entries[name]
+
+
+def infer_config(npz, entries, pool_type=None):
+    """The CLIPPO config (as `model.config`) implied by the checkpoint's array shapes."""
+    shape = lambda name: _shape(npz, _need(entries, name))
+    p0, p1, c, width = _checked(shape("img/embedding/kernel"), 4, "img/embedding/kernel")
+    if p0 != p1 or c != 3:
+        raise ValueError(f"img/embedding/kernel has shape {(p0, p1, c, width)}; expected "
+                         f"(P, P, 3, D) with a square patch")
+    _, n, _ = _checked(shape("img/pos_embedding"), 3, "img/pos_embedding")
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"img/pos_embedding has {n} positions, not a square grid")
+    depth = 0
+    while f"img/Transformer/encoderblock_{depth}/LayerNorm_0/scale" in entries:
+        depth += 1
+    if depth == 0:
+        if any(e.startswith("img/Transformer/encoderblock/") for e in entries):
+            raise ValueError("scanned checkpoints (img/Transformer/encoderblock/...) are not "
+                             "supported; unstack the layers first")
+        _need(entries, "img/Transformer/encoderblock_0/LayerNorm_0/scale")
+    blk = "img/Transformer/encoderblock_0"
+    _, heads, head_dim = _checked(shape(f"{blk}/MultiHeadDotProductAttention_0/query/kernel"), 3,
+                                  f"{blk}/MultiHeadDotProductAttention_0/query/kernel")
+    _, mlp_dim = _checked(shape(f"{blk}/MlpBlock_0/Dense_0/kernel"), 2,
+                          f"{blk}/MlpBlock_0/Dense_0/kernel")
+    if heads * head_dim != width:
+        raise ValueError(f"{blk}/MultiHeadDotProductAttention_0/query/kernel: heads x head_dim "
+                         f"= {heads}x{head_dim} does not equal the width {width}")
+    has_map = any(e.startswith("img/MAPHead_0/") for e in entries)
+    if pool_type is None:
+        pool_type = "map" if has_map else "gap"
+    out_dim = None
+    if "img/head/kernel" in entries:
+        out_dim = _checked(shape("img/head/kernel"), 2, "img/head/kernel")[1]
+    return dict(variant=None, width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads,
+                patch_size=p0, pool_type=pool_type, image_size=side * p0, out_dim=out_dim,
+                temperature_init=10.0)
+
+
+def _checked(shape, ndim, name):
+    if len(shape) != ndim:
+        raise ValueError(f"{name} has shape {shape}, expected {ndim} dimensions")
+    return shape
+
+
+def _state_dict_from_npz(model, npz, entries):
+    """{torch name: tensor} for `model`, checking that keys and shapes match exactly."""
+    leaves = _leaves(model)
+    params = dict(model.named_parameters())
+    expected = {leaf.bv_path for leaf in leaves}
+    missing = sorted(expected - set(entries))
+    extra = sorted(set(entries) - expected)
+    if missing:
+        raise KeyError(f"checkpoint is missing {len(missing)} entries: "
+                       + ", ".join(f"params/{m}" for m in missing[:10]))
+    if extra:
+        raise ValueError(f"checkpoint has {len(extra)} entries this model does not use: "
+                         + ", ".join(entries[e] for e in extra[:10]))
+    state = {}
+    for leaf in leaves:
+        key = entries[leaf.bv_path]
+        want = _bv_shape(leaf, params[leaf.torch_name])
+        got = _shape(npz, key)
+        if got != want:
+            raise ValueError(f"checkpoint entry {key!r} has shape {got}, expected {want}")
+        state[leaf.torch_name] = leaf.to_torch(torch.from_numpy(_read(npz, key)))
+    return state
+
+
+def load_big_vision(path, *, render=None, pool_type=None):
+    """CLIPPO from a big_vision .npz (params/ prefix optional, opt/ entries ignored)."""
+    npz, entries = _open_npz(path)
+    with npz:
+        config = infer_config(npz, entries, pool_type)
+        if config["out_dim"] is None:
+            raise KeyError("checkpoint is missing 'params/img/head/kernel': a CLIPPO model "
+                           "projects to out_dim with a Dense head")
+        _need(entries, "t")
+        if render is not None:
+            config["render"] = render
+        model = CLIPPO.from_config(config, device="meta")
+        state = _state_dict_from_npz(model, npz, entries)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+# -- writing ------------------------------------------------------------------------------
+
+def _atomic_write(path, write):
+    """write(file object) into a temp file next to path, then rename over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def big_vision_arrays(model):
+    """{"params/...": float32 array} in big_vision layout."""
+    params = dict(model.named_parameters())
+    out = {}
+    for leaf in _leaves(model):
+        t = leaf.to_bv(params[leaf.torch_name].detach()).to("cpu", torch.float32)
+        out["params/" + leaf.bv_path] = np.ascontiguousarray(t.numpy())
+    return out
+
+
+def save_big_vision(model, path):
+    arrays = big_vision_arrays(model)
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_pretrained(model, directory):
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    blob = save(tensors, metadata={"format": "pt"})
+    _atomic_write(directory / WEIGHTS_NAME, lambda f: f.write(blob))
+    config = json.dumps(model.config, indent=2) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda f: f.write(config.encode()))
+
+
+def load_pretrained(directory, device=None):
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} not found (written by save_pretrained)")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{directory / CONFIG_NAME} must hold a JSON object")
+    model = CLIPPO.from_config(config, device="meta")
+    params = dict(model.named_parameters())
+    with safe_open(directory / WEIGHTS_NAME, framework="pt", device=str(device or "cpu")) as f:
+        keys = set(f.keys())
+        missing, extra = sorted(set(params) - keys), sorted(keys - set(params))
+        if missing:
+            raise KeyError(f"{directory / WEIGHTS_NAME} is missing {missing[:10]}")
+        if extra:
+            raise ValueError(f"{directory / WEIGHTS_NAME} has unexpected tensors {extra[:10]}")
+        state = {}
+        for k in params:
+            t = f.get_tensor(k)
+            if t.shape != params[k].shape:
+                raise ValueError(f"tensor {k!r} has shape {tuple(t.shape)}, expected "
+                                 f"{tuple(params[k].shape)}")
+            state[k] = t
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+def main(argv=None):
+    """`clippo convert in.npz out_dir`: big_vision checkpoint -> save_pretrained directory."""
+    parser = argparse.ArgumentParser(
+        prog="clippo convert",
+        description="Convert a big_vision CLIPPO .npz checkpoint to safetensors + config.json.")
+    parser.add_argument("input", help="big_vision .npz checkpoint")
+    parser.add_argument("output", help="directory to write model.safetensors and config.json to")
+    args = parser.parse_args(argv)
+    try:
+        model = load_big_vision(args.input)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"clippo convert: error: {e}", file=sys.stderr)
+        return 1
+    cfg = model.config
+    print("inferred config:")
+    for k, v in cfg.items():
+        if k != "render":
+            print(f"  {k}: {v}")
+    print(f"parameters: {model.num_params():,}")
+    model.save_pretrained(args.output)
+    print(f"wrote {Path(args.output) / WEIGHTS_NAME} and {Path(args.output) / CONFIG_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""CLIPPO: one ViT for photos and rendered text (big_vision `models/proj/clippo/one_tower.py`).
+
+    model = CLIPPO("B/16")                           # random init
+    model = CLIPPO.from_big_vision("clippo_b16_yfcc100m.npz")
+    zimg = model.encode_image(images)                # uint8 or [-1, 1] float, NCHW
+    ztxt = model.encode_text(["a photo of a cat"])   # rendered, then the same tower
+    zimg, ztxt, logit_scale = model(images, texts)
+"""
+import math
+
+import torch
+from torch import nn
+
+from clippo.model.vit import ViT
+
+
+def _import_render_config():
+    # clippo/text/__init__.py imports the renderer, which needs the compiled extension; the
+    # model must work without it, so fall back to loading config.py on its own (registered
+    # under its real name, so a later `import clippo.text` reuses the same class).
+    try:
+        from clippo.text.config import RenderConfig
+        return RenderConfig
+    except ImportError:
+        import importlib.util
+        import pathlib
+        import sys
+        if "clippo.text.config" not in sys.modules:
+            path = pathlib.Path(__file__).resolve().parents[1] / "text" / "config.py"
+            spec = importlib.util.spec_from_file_location("clippo.text.config", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["clippo.text.config"] = module
+            spec.loader.exec_module(module)
+        return sys.modules["clippo.text.config"].RenderConfig
+
+
+RenderConfig = _import_render_config()
+
+EMBED_EPS = 1e-8  # z / (||z|| + eps), as one_tower.py
+
+
+def _render_config(render, image_size):
+    """RenderConfig from None / dict / RenderConfig; the text image defaults to the model's size."""
+    if isinstance(render, RenderConfig):
+        return render
+    if render is None:
+        render = {}
+    if not isinstance(render, dict):
+        raise ValueError(f"render must be a RenderConfig, a dict or None, got {type(render).__name__}")
+    side = image_size if isinstance(image_size, int) else image_size[0]
+    if not isinstance(image_size, int) and image_size[0] != image_size[1]:
+        side = None  # rendered text is square; a non-square model needs an explicit size
+    kw = dict(render)
+    if "image_size" not in kw and side is not None:
+        kw["image_size"] = side
+    try:
+        return RenderConfig(**kw)
+    except TypeError as e:
+        raise ValueError(f"bad render config {render!r}: {e}") from None
+
+
+def normalize(z):
+    return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + EMBED_EPS)
+
+
+class CLIPPO(nn.Module):
+    """One-tower CLIPPO model: `img` (a ViT with a Dense head to out_dim) and temperature `t`.
+
+    Arguments: variant ("B/16"), image_size, out_dim, pool_type, temperature_init, render
+    (RenderConfig or dict of overrides), and ViT size overrides (width, depth, mlp_dim,
+    num_heads, patch_size). `model.config` holds everything needed to rebuild it.
+    """
+
+    def __init__(self, variant="B/16", *, image_size=224, out_dim=768, pool_type="map",
+                 temperature_init=10.0, render=None, **vit_kw):
+        super().__init__()
+        unknown = set(vit_kw) - {"width", "depth", "mlp_dim", "num_heads", "patch_size"}
+        if unknown:
+            raise TypeError(f"CLIPPO got unexpected arguments {sorted(unknown)}")
+        if not temperature_init > 0:
+            raise ValueError(f"temperature_init must be > 0, got {temperature_init!r}")
+        self.img = ViT(variant, image_size=image_size, pool_type=pool_type, num_classes=out_dim,
+                       **vit_kw)
+        self.t = nn.Parameter(torch.full((1,), math.log(temperature_init)))
+        self.temperature_init = float(temperature_init)
+        self.render_config = _render_config(render, image_size)
+        self._renderers = {}
+
+    @property
+    def config(self):
+        cfg = self.img.config
+        h, w = cfg.pop("image_size")
+        return dict(variant=None, **{k: cfg[k] for k in ("width", "depth", "mlp_dim", "num_heads",
+                                                            "patch_size", "pool_type")},
+                    image_size=h if h == w else [h, w], out_dim=cfg["num_classes"],
+                    temperature_init=self.temperature_init, render=self.render_config.to_dict())
+
+    @classmethod
+    def from_config(cls, config, device=None):
+        """Build from a `config` dict (as `model.config`); device="meta" allocates nothing."""
+        cfg = dict(config)
+        variant = cfg.pop("variant", None)
+        cfg.pop("num_classes", None)
+        with torch.device(device or "cpu"):
+            return cls(variant, **cfg)
+
+    @property
+    def temperature(self):
+        """exp(t): the logit scale (a 0-dim tensor)."""
+        return self.t.exp()[0]
+
+    @property
+    def device(self):
+        return self.t.device
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    # -- encoders -------------------------------------------------------------------------
+
+    def encode_image(self, images, normalize_output=True):
+        """images: [B, 3, H, W] uint8 in [0, 255] or float in [-1, 1] -> [B, out_dim]."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a tensor, got {type(images).__name__}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+        z = self.img(images)
+        return normalize(z) if normalize_output else z
+
+    def renderer(self, device=None):
+        """The TextRenderer for `render_config` on `device` (default: the model's), cached."""
+        device = torch.device(device or self.device)
+        if device not in self._renderers:
+            from clippo.text import TextRenderer  # lazy: needs the compiled extension
+            self._renderers[device] = TextRenderer(**self.render_config.to_dict(), device=device)
+        return self._renderers[device]
+
+    def encode_text(self, texts, normalize_output=True):
+        """texts: a string, a list of strings, or an already rendered image batch."""
+        if isinstance(texts, torch.Tensor):
+            return self.encode_image(texts, normalize_output)
+        return render_and_encode(self, texts, normalize_output)
+
+    def forward(self, images=None, texts=None):
+        """Returns (zimg, ztxt, logit_scale); an input that is None gives None."""
+        zimg = None if images is None else self.encode_image(images)
+        ztxt = None if texts is None else self.encode_text(texts)
+        return zimg, ztxt, self.temperature
+
+    # -- checkpoints (implemented in clippo.convert) --------------------------------------
+
+    @classmethod
+    def from_big_vision(cls, path, *, render=None, pool_type=None):
+        """Load a big_vision CLIPPO .npz; the architecture is read off the array shapes."""
+        from clippo import convert
+        return convert.load_big_vision(path, render=render, pool_type=pool_type)
+
+    def to_big_vision(self, path):
+        """Write a big_vision-layout .npz (keys params/img/..., params/t)."""
+        from clippo import convert
+        convert.save_big_vision(self, path)
+
+    def save_pretrained(self, directory):
+        """Write `model.safetensors` and `config.json` into directory."""
+        from clippo import convert
+        convert.save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None):
+        from clippo import convert
+        return convert.load_pretrained(directory, device=device)
+
+
+def render_and_encode(model, texts, normalize_output=True):
+    """Render strings on the model's device and encode them.
+
+    The uint8 render goes straight into the patch-embedding kernel, which normalises on the
+    fly, so no float copy of the text images is made.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be strings")
+    with torch.no_grad():  # rendering has no gradient
+        images = model.renderer()(texts)
+    return model.encode_image(images, normalize_output)
