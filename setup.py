@@ -47,18 +47,19 @@ def extensions():
     sources = read_sources()
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-fvisibility=hidden"]
+    cxx = opt + ["-fvisibility=hidden"]  # torch picks the C++ standard it needs
     if want_cuda(torch, cpp_extension.CUDA_HOME):
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not archs:  # build for the GPUs we care about without needing one present
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-        nvcc = opt + ["-std=c++17", "-lineinfo", "--use_fast_math"]
+        nvcc = opt + ["-lineinfo"]
         return [cpp_extension.CUDAExtension(
             "clippo._C", sources["cpu"] + sources["cuda"],
-            define_macros=[("CLIPPO_WITH_CUDA", "1")],
+            include_dirs=[str(ROOT / "csrc")], define_macros=[("CLIPPO_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
     return [cpp_extension.CppExtension(
-        "clippo._C", sources["cpu"], extra_compile_args={"cxx": cxx})]
+        "clippo._C", sources["cpu"], include_dirs=[str(ROOT / "csrc")],
+        extra_compile_args={"cxx": cxx})]
 
 
 def build_ext_class():

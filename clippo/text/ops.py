@@ -1,0 +1,54 @@
+"""Typed wrappers over the rasterizer's torch ops (torch.ops.clippo.*) and their fake kernels.
+
+The fake (meta) kernels give shapes without running anything, so the ops can appear in
+torch.compile graphs and be checked with torch.library.opcheck.
+"""
+import torch
+
+from clippo import _ext
+
+_ext.load()
+
+
+def render_text(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower, background):
+    """Layout + rasterization on the CPU in one pass: uint8 [B, S, S]."""
+    return torch.ops.clippo.render_text.default(text, offsets, cmap, glyph_cols, atlas, image_size,
+                                                max_chars, lower, background)
+
+
+def layout_text(text, offsets, cmap, glyph_cols, image_size, cell_h, max_chars, lower,
+                pin_memory=False):
+    """The layout alone (CPU): glyphs int32 [n, 2], row_offsets int32 [B * rows + 1]."""
+    return torch.ops.clippo.layout_text.default(text, offsets, cmap, glyph_cols, image_size,
+                                                cell_h, max_chars, lower, pin_memory)
+
+
+def rasterize(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
+    """Draw a layout where the atlas lives (CPU or CUDA): uint8 [B, S, S]."""
+    return torch.ops.clippo.rasterize.default(glyphs, row_offsets, glyph_cols, atlas, image_size,
+                                              background)
+
+
+def _rows(image_size, cell_h):
+    return -(-image_size // cell_h)
+
+
+@torch.library.register_fake("clippo::render_text")
+def _render_text_fake(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
+                      background):
+    return text.new_empty((offsets.shape[0] - 1, image_size, image_size), dtype=torch.uint8)
+
+
+@torch.library.register_fake("clippo::layout_text")
+def _layout_text_fake(text, offsets, cmap, glyph_cols, image_size, cell_h, max_chars, lower,
+                      pin_memory):
+    n = torch.library.get_ctx().new_dynamic_size()
+    rows = (offsets.shape[0] - 1) * _rows(image_size, cell_h) + 1
+    return (text.new_empty((n, 2), dtype=torch.int32),
+            text.new_empty((rows,), dtype=torch.int32))
+
+
+@torch.library.register_fake("clippo::rasterize")
+def _rasterize_fake(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
+    batch = (row_offsets.shape[0] - 1) // _rows(image_size, atlas.shape[1])
+    return atlas.new_empty((batch, image_size, image_size))

@@ -1,0 +1,29 @@
+// clippo._C: op schemas for the text rasterizer. Kernels live beside their backends
+// (render/render_cpu.cpp, cuda/render_cuda.cu); importing this module registers them all.
+//
+// The ops are uint8-in, uint8-out and have no autograd: rendering is not differentiable.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A module with no methods: importing it loads the library and runs the registrations.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(clippo, m) {
+  // text: UTF-8 bytes of the batch back to back; offsets: [B + 1] int64 string boundaries.
+  // cmap: int32 [0x110000] code point -> glyph; glyph_cols: int32 [G] first | width << 16;
+  // atlas: uint8 [G, cell_h, cell_w] final pixel values. Returns uint8 [B, S, S].
+  m.def("render_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, Tensor atlas, "
+        "int image_size, int max_chars, bool lower, int background) -> Tensor");
+  // The layout alone: glyphs int32 [n, 2] (glyph, x | y << 16) and row_offsets int32
+  // [B * rows + 1], the start of each text row's glyphs. This is all a GPU needs to draw.
+  m.def("layout_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, int image_size, "
+        "int cell_h, int max_chars, bool lower, bool pin_memory) -> (Tensor, Tensor)");
+  // Draws a layout with the atlas; runs where the atlas lives (CPU or CUDA).
+  m.def("rasterize(Tensor glyphs, Tensor row_offsets, Tensor glyph_cols, Tensor atlas, "
+        "int image_size, int background) -> Tensor");
+}

@@ -1,0 +1,128 @@
+// Text layout of big_vision's render_unifont, torch-free so C++ tests and every backend share
+// it: UTF-8 decoding, ASCII lowercasing, glyph lookup, trimmed widths, character wrapping.
+//
+// A layout is a list of GlyphItems (glyph, x, y) in row order; rasterizers copy each
+// glyph's kept columns (glyph_cols[glyph]: first | width << 16) from the shaded atlas.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace clippo {
+
+constexpr int32_t kReplacementChar = 0xFFFD;
+constexpr int32_t kNumCodePoints = 0x110000;
+
+struct GlyphItem {
+  int32_t glyph;  // index into the atlas
+  int32_t xy;     // x | y << 16 (image_size <= 32767)
+};
+
+inline int32_t item_x(int32_t xy) { return xy & 0xFFFF; }
+inline int32_t item_y(int32_t xy) { return xy >> 16; }
+inline int32_t cols_first(int32_t c) { return c & 0xFFFF; }
+inline int32_t cols_width(int32_t c) { return c >> 16; }
+
+// Decodes one code point from s[i..n), advancing i. Ill-formed input becomes U+FFFD, one per
+// maximal subpart (Unicode's recommended practice; what ICU, TensorFlow's unicode_decode and
+// Python's errors="replace" do): the valid prefix of a broken sequence is consumed, the byte
+// that breaks it is not.
+inline int32_t decode_utf8(const uint8_t* s, int64_t n, int64_t& i) {
+  const uint8_t b0 = s[i];
+  if (b0 < 0x80) { i += 1; return b0; }
+  int need;
+  int32_t cp;
+  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (b0 >= 0xC2 && b0 <= 0xDF) { need = 1; cp = b0 & 0x1F; }
+  else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    need = 2; cp = b0 & 0x0F;
+    if (b0 == 0xE0) lo = 0xA0;        // no overlongs
+    else if (b0 == 0xED) hi = 0x9F;   // no surrogates
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    need = 3; cp = b0 & 0x07;
+    if (b0 == 0xF0) lo = 0x90;        // no overlongs
+    else if (b0 == 0xF4) hi = 0x8F;   // nothing above U+10FFFF
+  } else { i += 1; return kReplacementChar; }
+  int64_t j = i + 1;
+  for (int k = 0; k < need; ++k, ++j) {
+    if (j >= n) { i = j; return kReplacementChar; }
+    const uint8_t b = s[j];
+    const uint8_t l = k == 0 ? lo : 0x80, h = k == 0 ? hi : 0xBF;
+    if (b < l || b > h) { i = j; return kReplacementChar; }
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  i = j;
+  return cp;
+}
+
+struct LayoutParams {
+  int32_t image_size;  // output is image_size x image_size
+  int32_t cell_h;      // row height in pixels
+  int64_t max_chars;   // code points kept; <= 0: all
+  bool lower;          // ASCII-only lowercasing
+  int64_t num_glyphs;  // cmap entries outside [0, num_glyphs) draw the empty glyph
+};
+
+// Lays out one string. `glyphs` is scratch space (reused across calls by the caller).
+// Calls emit(GlyphItem) for every glyph on a visible row, in order. Returns false if the
+// string's widest glyph leaves no room to wrap (image_size <= max width), which the
+// reference cannot render either; callers validate this up front.
+template <typename Emit>
+inline bool layout_string(const uint8_t* s, int64_t n, const int32_t* cmap,
+                          const int32_t* glyph_cols, const LayoutParams& p,
+                          std::vector<int32_t>& glyphs, Emit&& emit) {
+  glyphs.clear();
+  int32_t max_width = 0;
+  for (int64_t i = 0; i < n && (p.max_chars <= 0 || (int64_t)glyphs.size() < p.max_chars);) {
+    int32_t cp = decode_utf8(s, n, i);
+    if (p.lower && cp >= 'A' && cp <= 'Z') cp += 'a' - 'A';
+    int32_t g = cmap[cp];
+    if (g < 0 || g >= p.num_glyphs) g = 0;
+    glyphs.push_back(g);
+    const int32_t w = cols_width(glyph_cols[g]);
+    if (w > max_width) max_width = w;
+  }
+  if (glyphs.empty()) return true;
+  if (max_width >= p.image_size) return false;
+  // The reference's wrap: row of letter i = floor(float32(cumsum(width)[i]) / float32(div)).
+  const float div = static_cast<float>(p.image_size - max_width);
+  const int32_t rows = (p.image_size + p.cell_h - 1) / p.cell_h;
+  int64_t cum = 0;
+  int64_t row = -1;
+  int32_t x = 0;
+  for (const int32_t g : glyphs) {
+    const int32_t w = cols_width(glyph_cols[g]);
+    cum += w;
+    const float q = std::floor(static_cast<float>(cum) / div);
+    if (q >= static_cast<float>(rows)) break;  // rows only grow; the rest is cut off
+    const int64_t r = static_cast<int64_t>(q);
+    if (r != row) { row = r; x = 0; }
+    if (x < p.image_size && w > 0) {
+      emit(GlyphItem{g, x | static_cast<int32_t>(r * p.cell_h) << 16});
+    }
+    x += w;
+  }
+  return true;
+}
+
+// Copies one glyph's kept columns into a row-major uint8 image (clipped to the image).
+inline void blit_glyph(uint8_t* img, int32_t image_size, const uint8_t* atlas,
+                       int32_t cell_h, int32_t cell_w, const int32_t* glyph_cols,
+                       const GlyphItem& item) {
+  const int32_t c = glyph_cols[item.glyph];
+  const int32_t first = cols_first(c);
+  const int32_t x = item_x(item.xy), y = item_y(item.xy);
+  int32_t width = cols_width(c);
+  if (x + width > image_size) width = image_size - x;
+  const int32_t h = y + cell_h > image_size ? image_size - y : cell_h;
+  const uint8_t* src = atlas + static_cast<int64_t>(item.glyph) * cell_h * cell_w + first;
+  uint8_t* dst = img + static_cast<int64_t>(y) * image_size + x;
+  for (int32_t r = 0; r < h; ++r) {
+    for (int32_t k = 0; k < width; ++k) dst[k] = src[k];
+    src += cell_w;
+    dst += image_size;
+  }
+}
+
+}  // namespace clippo

@@ -1,0 +1,235 @@
+// CPU text rendering: layout and rasterization, parallel over the batch.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "checks.h"
+#include "render/layout.h"
+#include "render/render.h"
+
+namespace clippo {
+
+int64_t check_tables(const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size) {
+  CLIPPO_CHECK_DTYPE(atlas, at::kByte);
+  CLIPPO_CHECK_DTYPE(glyph_cols, at::kInt);
+  CLIPPO_CHECK_DIM(atlas, 3);
+  CLIPPO_CHECK_DIM(glyph_cols, 1);
+  TORCH_CHECK(atlas.is_contiguous() && glyph_cols.is_contiguous(),
+              "atlas and glyph_cols must be contiguous");
+  TORCH_CHECK(atlas.device() == glyph_cols.device(), "atlas and glyph_cols must share a device");
+  const int64_t n = atlas.size(0), cell_w = atlas.size(2);
+  TORCH_CHECK(n >= 1 && glyph_cols.size(0) == n, "glyph_cols must have one entry per atlas cell (",
+              n, "), got ", glyph_cols.size(0));
+  TORCH_CHECK(atlas.size(1) >= 1 && cell_w >= 1 && cell_w <= 256,
+              "atlas cells must be 1..256 pixels wide, got ", atlas.sizes());
+  TORCH_CHECK(n < (1 << 23), "atlas has too many glyphs: ", n);
+  TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
+              image_size);
+  if (glyph_cols.device().is_cpu()) {  // CUDA tables were checked on the CPU before upload
+    const int32_t* cols = glyph_cols.data_ptr<int32_t>();
+    for (int64_t g = 0; g < n; ++g) {
+      const int32_t first = cols_first(cols[g]), width = cols_width(cols[g]);
+      TORCH_CHECK(width >= 0 && first + width <= cell_w,
+                  "glyph_cols[", g, "] keeps columns outside its cell");
+    }
+  }
+  return n;
+}
+
+void check_layout(const at::Tensor& glyphs, const at::Tensor& row_offsets, int64_t bands) {
+  CLIPPO_CHECK_DTYPE(glyphs, at::kInt);
+  CLIPPO_CHECK_DTYPE(row_offsets, at::kInt);
+  CLIPPO_CHECK_DIM(glyphs, 2);
+  TORCH_CHECK(glyphs.size(1) == 2, "glyphs must have shape [n, 2], got ", glyphs.sizes());
+  TORCH_CHECK(glyphs.is_contiguous() && row_offsets.is_contiguous(),
+              "glyphs and row_offsets must be contiguous");
+  TORCH_CHECK(row_offsets.dim() == 1 && row_offsets.size(0) == bands + 1,
+              "row_offsets must have batch * rows + 1 = ", bands + 1, " entries, got ",
+              row_offsets.sizes());
+}
+
+namespace {
+
+struct TextBatch {
+  const uint8_t* data;
+  const int64_t* offsets;
+  int64_t size;
+  int64_t batch;
+};
+
+TextBatch check_text(const at::Tensor& text, const at::Tensor& offsets) {
+  CLIPPO_CHECK_CPU(text);
+  CLIPPO_CHECK_CPU(offsets);
+  CLIPPO_CHECK_DTYPE(text, at::kByte);
+  CLIPPO_CHECK_DTYPE(offsets, at::kLong);
+  CLIPPO_CHECK_DIM(text, 1);
+  CLIPPO_CHECK_DIM(offsets, 1);
+  TORCH_CHECK(text.is_contiguous() && offsets.is_contiguous(), "text and offsets must be contiguous");
+  TORCH_CHECK(offsets.size(0) >= 1, "offsets must hold batch + 1 entries");
+  TextBatch t{text.data_ptr<uint8_t>(), offsets.data_ptr<int64_t>(), text.size(0),
+              offsets.size(0) - 1};
+  for (int64_t b = 0; b <= t.batch; ++b) {
+    TORCH_CHECK(t.offsets[b] >= 0 && t.offsets[b] <= t.size && (b == 0 || t.offsets[b] >= t.offsets[b - 1]),
+                "offsets must be non-decreasing and within [0, len(text)]; offsets[", b, "] = ",
+                t.offsets[b]);
+  }
+  return t;
+}
+
+void check_cmap(const at::Tensor& cmap) {
+  CLIPPO_CHECK_CPU(cmap);
+  CLIPPO_CHECK_DTYPE(cmap, at::kInt);
+  TORCH_CHECK(cmap.dim() == 1 && cmap.size(0) == kNumCodePoints && cmap.is_contiguous(),
+              "cmap must be a contiguous int32 tensor of 0x110000 entries");
+}
+
+constexpr int64_t kGrain = 8;  // strings per task: enough work to amortise scheduling
+
+template <typename Fn>
+void for_each_string(const TextBatch& t, Fn&& fn) {
+  at::parallel_for(0, t.batch, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> scratch;  // decoded glyphs, reused across the strings of a task
+    for (int64_t b = begin; b < end; ++b) {
+      fn(b, t.data + t.offsets[b], t.offsets[b + 1] - t.offsets[b], scratch);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor render_text_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
+                           const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
+                           int64_t max_chars, bool lower, int64_t background) {
+  const TextBatch t = check_text(text, offsets);
+  check_cmap(cmap);
+  CLIPPO_CHECK_CPU(atlas);
+  const int64_t num_glyphs = check_tables(glyph_cols, atlas, image_size);
+  TORCH_CHECK(background >= 0 && background <= 255, "background must be in [0, 255]");
+  const int32_t S = static_cast<int32_t>(image_size);
+  const int32_t cell_h = static_cast<int32_t>(atlas.size(1)), cell_w = static_cast<int32_t>(atlas.size(2));
+  at::Tensor out = at::empty({t.batch, S, S}, text.options().dtype(at::kByte));
+  uint8_t* out_ptr = out.data_ptr<uint8_t>();
+  const uint8_t* atlas_ptr = atlas.data_ptr<uint8_t>();
+  const int32_t* cols = glyph_cols.data_ptr<int32_t>();
+  const LayoutParams p{S, cell_h, max_chars, lower, num_glyphs};
+  std::atomic<bool> too_narrow{false};
+  const int32_t* cm = cmap.data_ptr<int32_t>();
+  for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
+        uint8_t* img = out_ptr + b * S * S;
+        std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
+        const bool ok = layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& item) {
+          blit_glyph(img, S, atlas_ptr, cell_h, cell_w, cols, item);
+        });
+        if (!ok) too_narrow = true;
+      });
+  TORCH_CHECK(!too_narrow, "image_size ", image_size, " is not wider than the widest glyph");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const at::Tensor& offsets,
+                                                   const at::Tensor& cmap, const at::Tensor& glyph_cols,
+                                                   int64_t image_size, int64_t cell_h, int64_t max_chars,
+                                                   bool lower, bool pin_memory) {
+  const TextBatch t = check_text(text, offsets);
+  check_cmap(cmap);
+  CLIPPO_CHECK_CPU(glyph_cols);
+  CLIPPO_CHECK_DTYPE(glyph_cols, at::kInt);
+  TORCH_CHECK(glyph_cols.dim() == 1 && glyph_cols.is_contiguous(), "glyph_cols must be a contiguous 1-D tensor");
+  TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767]");
+  TORCH_CHECK(cell_h >= 1, "cell_h must be positive");
+  const int64_t num_glyphs = glyph_cols.size(0);
+  const int32_t* cols = glyph_cols.data_ptr<int32_t>();
+  for (int64_t g = 0; g < num_glyphs; ++g) {
+    TORCH_CHECK(cols_width(cols[g]) >= 0, "glyph_cols[", g, "] has a negative width");
+  }
+  const int64_t rows = visible_rows(image_size, cell_h);
+  const LayoutParams p{static_cast<int32_t>(image_size), static_cast<int32_t>(cell_h), max_chars, lower,
+                       num_glyphs};
+  // Lay out each string into its own list, then pack them: the count per row is only known
+  // after layout, and the packing is a cheap copy.
+  std::vector<std::vector<GlyphItem>> items(t.batch);
+  std::atomic<bool> too_narrow{false};
+  const int32_t* cm = cmap.data_ptr<int32_t>();
+  for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
+        auto& list = items[b];
+        if (!layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& it) { list.push_back(it); }))
+          too_narrow = true;
+      });
+  TORCH_CHECK(!too_narrow, "image_size ", image_size, " is not wider than the widest glyph");
+  std::vector<int64_t> start(t.batch + 1, 0);
+  for (int64_t b = 0; b < t.batch; ++b) start[b + 1] = start[b] + static_cast<int64_t>(items[b].size());
+  TORCH_CHECK(start[t.batch] < INT32_MAX, "layout too large for one batch");
+  auto opts = at::TensorOptions().dtype(at::kInt).pinned_memory(pin_memory);
+  at::Tensor glyphs = at::empty({start[t.batch], 2}, opts);
+  at::Tensor row_offsets = at::empty({t.batch * rows + 1}, opts);
+  int32_t* gp = glyphs.data_ptr<int32_t>();
+  int32_t* rp = row_offsets.data_ptr<int32_t>();
+  rp[t.batch * rows] = static_cast<int32_t>(start[t.batch]);
+  at::parallel_for(0, t.batch, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const auto& list = items[b];
+      int32_t k = static_cast<int32_t>(start[b]);
+      size_t i = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        rp[b * rows + r] = k + static_cast<int32_t>(i);
+        while (i < list.size() && item_y(list[i].xy) == r * cell_h) ++i;
+      }
+      std::memcpy(gp + 2 * start[b], list.data(), list.size() * sizeof(GlyphItem));
+    }
+  });
+  return {glyphs, row_offsets};
+}
+
+at::Tensor rasterize_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets,
+                         const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
+                         int64_t background) {
+  CLIPPO_CHECK_CPU(glyphs);
+  CLIPPO_CHECK_CPU(atlas);
+  const int64_t num_glyphs = check_tables(glyph_cols, atlas, image_size);
+  TORCH_CHECK(background >= 0 && background <= 255, "background must be in [0, 255]");
+  const int32_t S = static_cast<int32_t>(image_size);
+  const int32_t cell_h = static_cast<int32_t>(atlas.size(1)), cell_w = static_cast<int32_t>(atlas.size(2));
+  const int64_t rows = visible_rows(image_size, cell_h);
+  TORCH_CHECK((row_offsets.numel() - 1) % rows == 0 && row_offsets.numel() >= 1,
+              "row_offsets must have batch * ", rows, " + 1 entries, got ", row_offsets.numel());
+  const int64_t batch = (row_offsets.numel() - 1) / rows;
+  check_layout(glyphs, row_offsets, batch * rows);
+  at::Tensor out = at::empty({batch, S, S}, atlas.options());
+  uint8_t* out_ptr = out.data_ptr<uint8_t>();
+  const int32_t* gp = glyphs.data_ptr<int32_t>();
+  const int32_t* rp = row_offsets.data_ptr<int32_t>();
+  const int64_t n = glyphs.size(0);
+  const uint8_t* atlas_ptr = atlas.data_ptr<uint8_t>();
+  const int32_t* cols = glyph_cols.data_ptr<int32_t>();
+  at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      uint8_t* img = out_ptr + b * S * S;
+      std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t lo = std::max<int64_t>(0, rp[b * rows + r]);
+        const int64_t hi = std::min<int64_t>(n, rp[b * rows + r + 1]);
+        for (int64_t k = lo; k < hi; ++k) {
+          int32_t g = gp[2 * k];
+          if (g < 0 || g >= num_glyphs) g = 0;
+          const int32_t x = item_x(gp[2 * k + 1]);
+          if (x >= S) continue;
+          blit_glyph(img, S, atlas_ptr, cell_h, cell_w, cols,
+                     GlyphItem{g, x | static_cast<int32_t>(r * cell_h) << 16});
+        }
+      }
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(clippo, CPU, m) {
+  m.impl("render_text", &render_text_cpu);
+  m.impl("layout_text", &layout_text_cpu);
+  m.impl("rasterize", &rasterize_cpu);
+}
+
+}  // namespace clippo
