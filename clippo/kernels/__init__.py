@@ -4,31 +4,59 @@ Public functions (stable signatures; the model calls only these):
 
     patch_embed(images, weight, bias, pos_embed=None) -> tokens [B, N, D]
         images: [B, C, H, W] float (already in [-1, 1]) or uint8 in [0, 255], normalised
-        on the fly as x / 255 * 2 - 1 (big_vision's value_range(-1, 1));
-        weight: [D, C, P, P] (nn.Conv2d layout), bias: [D], pos_embed: [N, D] or [1, N, D].
+        on the fly as x / 255 * 2 - 1 (big_vision's value_range(-1, 1)); any strides, including
+        the renderer's stride-0 channel view; weight: [D, C, P, P] (nn.Conv2d layout),
+        bias: [D] or None, pos_embed: [N, D] or [1, N, D] or None. Output dtype = weight dtype.
+        Differentiable in weight, bias, pos_embed and float images.
     attention(q, k, v, scale=None) -> [B, H, Lq, Dh]
-        non-causal softmax attention, the semantics of F.scaled_dot_product_attention.
+        non-causal softmax attention, the semantics of F.scaled_dot_product_attention
+        (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v.
 
-The backend ("auto", "triton", "torch") comes from CLIPPO_KERNELS or set_backend(); "auto"
-uses Triton for CUDA tensors when triton imports, torch otherwise.
+Backends ("auto", "triton", "torch"): the initial one comes from the environment variable
+CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a block,
+`with use_backend(name): ...`.
+    auto    Triton ops for CUDA tensors when triton imports, plain torch otherwise.
+    triton  always the registered ops torch.ops.clippo.* (Triton on CUDA; on the CPU their
+            kernels are the torch references); RuntimeError if triton is missing.
+    torch   conv2d / F.scaled_dot_product_attention.
+Attention with a head dim above 128 always takes F.scaled_dot_product_attention.
 
-NOTE: this file is a placeholder with the torch references only; the Triton kernels land in
-clippo/kernels/patch_embed.py and clippo/kernels/attention.py.
+Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
+    clippo::patch_embed(images, weight, bias?, pos_embed?) -> tokens
+    clippo::patch_embed_grad_weight(images, grad_out, patch) -> grad weight
+    clippo::attention_fwd(q, k, v, scale) -> (out, lse2)
+    clippo::attention_bwd(grad_out, q, k, v, out, lse2, scale) -> (dq, dk, dv)
 """
-import torch
+import importlib
+
 import torch.nn.functional as F
+
+from ._utils import (BACKENDS, HAS_TRITON, get_backend, set_backend, use_backend,  # noqa: F401
+                     use_ops)
+
+# The submodules share names with the public functions below; load them under private names
+# (importing a submodule sets the package attribute, so this must come before the defs).
+_pe = importlib.import_module(".patch_embed", __name__)
+_attn = importlib.import_module(".attention", __name__)
+
+patch_embed_ref = _pe.patch_embed_ref
+attention_ref = _attn.attention_ref
+
+__all__ = ["patch_embed", "attention", "patch_embed_ref", "attention_ref", "get_backend",
+           "set_backend", "use_backend", "BACKENDS", "HAS_TRITON"]
 
 
 def patch_embed(images, weight, bias, pos_embed=None):
-    if images.dtype == torch.uint8:
-        images = images.to(torch.float32) / 255.0 * 2.0 - 1.0
-    p = weight.shape[-1]
-    x = F.conv2d(images.to(weight.dtype), weight, bias, stride=p)
-    x = x.flatten(2).transpose(1, 2)
-    if pos_embed is not None:
-        x = x + pos_embed.reshape(1, -1, x.shape[-1])
-    return x
+    if use_ops(images, weight):
+        return _pe.patch_embed_op(images, weight, bias, pos_embed)
+    return _pe.patch_embed_ref(images, weight, bias, pos_embed)
 
 
 def attention(q, k, v, scale=None):
+    if q.shape[-1] <= _attn.MAX_HEAD_DIM and use_ops(q, k, v):
+        return _attn.attention_op(q, k, v, scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+patch_embed.__doc__ = "Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."
+attention.__doc__ = "Non-causal attention [B, H, L, Dh]; see the module docstring."

@@ -1,0 +1,104 @@
+"""Backend choice and small helpers shared by the Triton kernels.
+
+Backends:
+    "auto"   Triton for CUDA tensors when triton imports, the torch reference otherwise.
+    "triton" the registered torch.ops.clippo.* ops (Triton on CUDA, the torch reference on the
+             CPU); raises RuntimeError if triton cannot be imported.
+    "torch"  plain PyTorch (conv2d / scaled_dot_product_attention); never touches triton.
+
+The initial value comes from the environment variable CLIPPO_KERNELS (default "auto").
+"""
+import contextlib
+import functools
+import os
+
+BACKENDS = ("auto", "triton", "torch")
+
+try:  # triton is optional: CPU-only installs use the torch references
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+    HAS_TRITON = True
+    TRITON_IMPORT_ERROR = None
+except ImportError as e:  # pragma: no cover - depends on the install
+    triton = tl = None
+    HAS_TRITON = False
+    TRITON_IMPORT_ERROR = e
+
+
+def interpreting():
+    """True when Triton kernels run through the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check(name):
+    name = str(name).strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown clippo kernel backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+_backend = _check(os.environ.get("CLIPPO_KERNELS", "auto") or "auto")
+
+
+def get_backend():
+    return _backend
+
+
+def set_backend(name):
+    """Select the kernel backend for all later calls; returns the previous one."""
+    global _backend
+    prev, _backend = _backend, _check(name)
+    if _backend == "triton":
+        require_triton()
+    return prev
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: `with clippo.kernels.use_backend("torch"): ...`."""
+    prev = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(prev)
+
+
+def require_triton():
+    if not HAS_TRITON:
+        raise RuntimeError(
+            "the clippo 'triton' kernel backend was requested but triton could not be imported "
+            f"({TRITON_IMPORT_ERROR}); install triton or use CLIPPO_KERNELS=auto/torch")
+
+
+def use_ops(*tensors):
+    """Whether a public function should call the registered torch.ops.clippo ops."""
+    if _backend == "torch":
+        return False
+    if _backend == "triton":
+        require_triton()
+        return True
+    return HAS_TRITON and all(t.is_cuda for t in tensors if t is not None)
+
+
+def launcher(kernel):
+    """kernel[grid](...) callable: wrap_triton'd (traceable by torch.compile) except under the
+    interpreter, whose InterpretedFunction wrap_triton does not accept."""
+    if interpreting():
+        return kernel
+    import torch
+    return torch.library.wrap_triton(kernel)
+
+
+@functools.cache
+def num_sms(device_index=0):
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4
+
+
+def dot_precision(dtype):
+    """tl.dot input_precision: exact fp32 products for fp32 inputs (torch's default does not
+    use TF32 for matmul), the default for fp16/bf16."""
+    import torch
+    return "ieee" if dtype == torch.float32 else "tf32"

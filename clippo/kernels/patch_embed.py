@@ -1,0 +1,408 @@
+"""Fused patch embedding: normalise + patchify + matmul + bias + position embedding.
+
+tokens[b, n, d] = sum_k A[b*N + n, k] * W[d, k] + bias[d] + pos[n, d]
+
+where A is the patchified image (row = one P x P patch, column k = (c, py, px), the nn.Conv2d
+weight order) read straight from `images` through its strides. uint8 images are normalised
+in-kernel as x / 255 * 2 - 1 (big_vision's value_range(-1, 1)), so the text renderer's
+[B, 3, H, W] uint8 expanded view of one grey plane (stride 0 over channels) is read as is,
+never copied. Pixels past the last whole patch (H or W not a multiple of P) are ignored, as
+by a VALID conv.
+
+Output dtype = weight dtype; products in that dtype, accumulation in fp32; bias and position
+embedding are added in fp32 before the one rounding at the store.
+
+Layout: Triton kernels, launchers (`patch_embed_fwd`, `patch_embed_grad_weight`), the torch
+references (`patch_embed_ref`, `patch_embed_grad_weight_ref`) and the custom ops
+`torch.ops.clippo.patch_embed` / `torch.ops.clippo.patch_embed_grad_weight` with autograd and
+a CPU kernel (the references), then `patch_embed()`.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._utils import HAS_TRITON, dot_precision, interpreting, launcher, num_sms, tl, triton
+
+# --------------------------------------------------------------------------------------------
+# torch references
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise(images, dtype):
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32) / 255.0 * 2.0 - 1.0
+    return images.to(dtype)
+
+
+def patch_embed_ref(images, weight, bias=None, pos_embed=None):
+    """conv2d reference: [B, C, H, W] (uint8 or float) -> [B, N, D] in weight.dtype."""
+    p = weight.shape[-1]
+    x = F.conv2d(_normalise(images, weight.dtype), weight,
+                 None if bias is None else bias.to(weight.dtype), stride=p)
+    x = x.flatten(2).transpose(1, 2)
+    if pos_embed is not None:
+        x = x + pos_embed.reshape(1, -1, x.shape[-1]).to(x.dtype)
+    return x.contiguous()
+
+
+def _patchify(images, patch, dtype):
+    """[B, C, H, W] -> [B*N, C*P*P] (rows in raster order, columns in conv weight order)."""
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = _normalise(images[:, :, :gh * patch, :gw * patch], dtype)
+    x = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * gh * gw, c * patch * patch)
+
+
+def patch_embed_grad_weight_ref(images, grad_out, patch):
+    """d tokens / d weight: grad_out[B, N, D]^T @ patchify(images) -> [D, C, P, P] (fp32 sum)."""
+    d = grad_out.shape[-1]
+    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+    a = _patchify(images, patch, grad_out.dtype).to(acc)
+    gw = grad_out.reshape(-1, d).to(acc).t() @ a
+    return gw.reshape(d, images.shape[1], patch, patch).to(grad_out.dtype)
+
+
+def _grad_images(images, weight, grad_out):
+    """d tokens / d images for float images (torch: one matmul and a fold; rarely needed)."""
+    b, c, h, w = images.shape
+    p, d = weight.shape[-1], weight.shape[0]
+    gh, gw = h // p, w // p
+    ga = grad_out.reshape(-1, d) @ weight.reshape(d, -1).to(grad_out.dtype)
+    ga = ga.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * p, gw * p)
+    return F.pad(ga, (0, w - gw * p, 0, h - gh * p)).to(images.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_args(images, weight, bias, pos_embed):
+    if images.dim() != 4:
+        raise ValueError(f"patch_embed: images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+        raise ValueError(f"patch_embed: images must be uint8 or floating point, got {images.dtype}")
+    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ValueError(f"patch_embed: weight must be [D, C, P, P], got {tuple(weight.shape)}")
+    if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"patch_embed: weight dtype must be fp32/fp16/bf16, got {weight.dtype}")
+    d, c, p, _ = weight.shape
+    b, ci, h, w = images.shape
+    if ci != c:
+        raise ValueError(f"patch_embed: images have {ci} channels, weight expects {c}")
+    if h < p or w < p:
+        raise ValueError(f"patch_embed: image {h}x{w} is smaller than one {p}x{p} patch")
+    n = (h // p) * (w // p)
+    if bias is not None and tuple(bias.shape) != (d,):
+        raise ValueError(f"patch_embed: bias must be [{d}], got {tuple(bias.shape)}")
+    if pos_embed is not None and pos_embed.numel() != n * d:
+        raise ValueError(f"patch_embed: pos_embed must hold [{n}, {d}] (N patches x D), "
+                         f"got {tuple(pos_embed.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("pos_embed", pos_embed)):
+        if t is not None and t.device != images.device:
+            raise ValueError(f"patch_embed: {name} is on {t.device}, images on {images.device}")
+    return b, c, h, w, d, p, n
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+    def _fwd_configs():
+        cfgs = []
+        for bm, bn, bk, warps, stages in [
+            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 256, 64, 8, 3),
+            (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 3),
+            (256, 128, 64, 8, 3),
+        ]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                                      num_warps=warps, num_stages=stages))
+        return cfgs
+
+    @triton.jit
+    def _patch_embed_fwd_kernel(
+        x_ptr, sxb, sxc, sxh, sxw,          # images [B, C, H, W], any strides (0 allowed)
+        w_ptr, swd, swc, swh, sww,          # weight [D, C, P, P]
+        b_ptr,                              # bias [D] (unused without HAS_BIAS)
+        pos_ptr, spn, spd,                  # pos embed [N, D] (unused without HAS_POS)
+        o_ptr, sob, son, sod,               # tokens [B, N, D]
+        M, N, D, K, GW,                     # M = B * N rows, K = C * P * P, GW patches per row
+        P: tl.constexpr, IS_UINT8: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_POS: tl.constexpr, IN_PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
+    ):
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
+        # grouped tile order: GROUP_M row tiles share the weight tiles while they sit in L2
+        pid = tl.program_id(0)
+        tiles_m = tl.cdiv(M, BLOCK_M)
+        tiles_n = tl.cdiv(D, BLOCK_N)
+        per_group = GROUP_M * tiles_n
+        first_m = (pid // per_group) * GROUP_M
+        group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % group_size
+        pid_n = (pid % per_group) // group_size
+
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = offs_m < M
+        mask_n = offs_n < D
+        # patch row -> top-left pixel of the patch
+        img = offs_m // N
+        tok = offs_m % N
+        gy = tok // GW
+        gx = tok % GW
+        row_off = img * sxb + gy * (P * sxh) + gx * (P * sxw)
+        w_row = offs_n.to(tl.int64) * swd
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            kc = offs_k // (P * P)
+            ky = (offs_k // P) % P
+            kx = offs_k % P
+            x_col = kc * sxc + ky * sxh + kx * sxw
+            a = tl.load(x_ptr + row_off[:, None] + x_col[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0)
+            if IS_UINT8:
+                a = a.to(tl.float32) / 255.0 * 2.0 - 1.0
+            a = a.to(w_ptr.dtype.element_ty)
+            w_col = kc * swc + ky * swh + kx * sww
+            w = tl.load(w_ptr + w_row[None, :] + w_col[:, None],
+                        mask=mask_k[:, None] & mask_n[None, :], other=0)
+            acc = tl.dot(a, w, acc, input_precision=IN_PRECISION)
+
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)
+            acc += bias[None, :]
+        if HAS_POS:
+            pos = tl.load(pos_ptr + tok[:, None] * spn + offs_n[None, :] * spd,
+                          mask=mask_m[:, None] & mask_n[None, :], other=0)
+            acc += pos.to(tl.float32)
+        o = o_ptr + img[:, None] * sob + tok[:, None] * son + offs_n[None, :] * sod
+        tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+    def _gw_configs():
+        cfgs = []
+        for bd, bk, bm, warps, stages in [
+            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4),
+            (128, 64, 64, 4, 4), (64, 64, 64, 4, 3), (128, 256, 32, 8, 3),
+        ]:
+            cfgs.append(triton.Config({"BLOCK_D": bd, "BLOCK_K": bk, "BLOCK_M": bm},
+                                      num_warps=warps, num_stages=stages))
+        return cfgs
+
+    @triton.jit
+    def _patch_embed_grad_weight_kernel(
+        x_ptr, sxb, sxc, sxh, sxw,          # images [B, C, H, W], any strides
+        g_ptr, sgb, sgn, sgd,               # grad of tokens [B, N, D]
+        part_ptr,                           # fp32 partial sums [SPLIT, D, K], contiguous
+        M, N, D, K, GW, CHUNK,              # program (.., s) sums rows [s*CHUNK, (s+1)*CHUNK)
+        P: tl.constexpr, IS_UINT8: tl.constexpr, IN_PRECISION: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_D >= 16 and BLOCK_K >= 16)
+        tiles_k = tl.cdiv(K, BLOCK_K)
+        pid_d = tl.program_id(0) // tiles_k
+        pid_k = tl.program_id(0) % tiles_k
+        split = tl.program_id(1)
+
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_d = offs_d < D
+        mask_k = offs_k < K
+        kc = offs_k // (P * P)
+        ky = (offs_k // P) % P
+        kx = offs_k % P
+        x_col = kc * sxc + ky * sxh + kx * sxw
+
+        start = split.to(tl.int64) * CHUNK
+        end = tl.minimum(start + CHUNK, M)
+        acc = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
+        for m0 in range(0, CHUNK, BLOCK_M):
+            offs_m = start + m0 + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < end
+            img = offs_m // N
+            tok = offs_m % N
+            gy = tok // GW
+            gx = tok % GW
+            row_off = img * sxb + gy * (P * sxh) + gx * (P * sxw)
+            a_mask = mask_m[:, None] & mask_k[None, :]
+            a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=a_mask, other=0)
+            if IS_UINT8:
+                a = tl.where(a_mask, a.to(tl.float32) / 255.0 * 2.0 - 1.0, 0.0)
+            a = a.to(g_ptr.dtype.element_ty)
+            gt = tl.load(g_ptr + img[None, :] * sgb + tok[None, :] * sgn + offs_d[:, None] * sgd,
+                         mask=mask_d[:, None] & mask_m[None, :], other=0)
+            acc = tl.dot(gt, a, acc, input_precision=IN_PRECISION)
+
+        out = (part_ptr + split.to(tl.int64) * D * K
+               + offs_d[:, None].to(tl.int64) * K + offs_k[None, :])
+        tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
+
+    _patch_embed_fwd_tuned = triton.autotune(
+        configs=_fwd_configs(), key=["N", "D", "K", "P", "IS_UINT8"])(_patch_embed_fwd_kernel)
+    _patch_embed_grad_weight_tuned = triton.autotune(
+        configs=_gw_configs(), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
+            _patch_embed_grad_weight_kernel)
+
+# fixed blocks for the CPU interpreter (autotuning there would only cost time)
+_INTERP_FWD = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+_INTERP_GW = {"BLOCK_D": 32, "BLOCK_K": 32, "BLOCK_M": 32}
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _dummy(t):
+    return t  # any tensor serves as the pointer of an absent optional input
+
+
+def patch_embed_fwd(images, weight, bias=None, pos_embed=None):
+    """Launch the forward kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+    b, c, h, w, d, p, n = _check_args(images, weight, bias, pos_embed)
+    out = torch.empty((b, n, d), device=images.device, dtype=weight.dtype)
+    pos = pos_embed.reshape(n, d) if pos_embed is not None else None
+    m, k, gw = b * n, c * p * p, w // p
+    args = (images, *images.stride(), weight, *weight.stride(),
+            _dummy(weight) if bias is None else bias,
+            _dummy(weight) if pos is None else pos, *((0, 0) if pos is None else pos.stride()),
+            out, *out.stride(), m, n, d, k, gw)
+    consts = dict(P=p, IS_UINT8=images.dtype == torch.uint8, HAS_BIAS=bias is not None,
+                  HAS_POS=pos is not None, IN_PRECISION=dot_precision(weight.dtype))
+    if interpreting():
+        grid = (triton.cdiv(m, _INTERP_FWD["BLOCK_M"]) * triton.cdiv(d, _INTERP_FWD["BLOCK_N"]),)
+        _patch_embed_fwd_kernel[grid](*args, **consts, **_INTERP_FWD)
+    else:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),)
+        launcher(_patch_embed_fwd_tuned)[grid](*args, **consts)
+    return out
+
+
+def _split_rows(m, d, k, device):
+    """Split the M reduction so that about two waves of programs fill the GPU."""
+    tiles = triton.cdiv(d, 128) * triton.cdiv(k, 128)
+    sms = num_sms(device.index or 0) if device.type == "cuda" else 4
+    split = max(1, min(triton.cdiv(m, 512), triton.cdiv(2 * sms, tiles)))
+    chunk = triton.cdiv(triton.cdiv(m, split), 128) * 128
+    return triton.cdiv(m, chunk), chunk
+
+
+def patch_embed_grad_weight(images, grad_out, patch):
+    """d tokens / d weight as [D, C, P, P] in grad_out.dtype (split-M partials, fp32 sum)."""
+    b, c, h, w = images.shape
+    d = grad_out.shape[-1]
+    n = (h // patch) * (w // patch)
+    if tuple(grad_out.shape) != (b, n, d):
+        raise ValueError(f"patch_embed_grad_weight: grad_out must be [{b}, {n}, D], "
+                         f"got {tuple(grad_out.shape)}")
+    m, k, gw = b * n, c * patch * patch, w // patch
+    if interpreting():
+        cfg = _INTERP_GW
+        split, chunk = triton.cdiv(m, 64), 64  # several splits, to exercise the partial sums
+    else:
+        split, chunk = _split_rows(m, d, k, images.device)
+    part = torch.empty((split, d, k), device=images.device, dtype=torch.float32)
+    args = (images, *images.stride(), grad_out, *grad_out.stride(), part, m, n, d, k, gw, chunk)
+    consts = dict(P=patch, IS_UINT8=images.dtype == torch.uint8,
+                  IN_PRECISION=dot_precision(grad_out.dtype))
+    if interpreting():
+        grid = (triton.cdiv(d, cfg["BLOCK_D"]) * triton.cdiv(k, cfg["BLOCK_K"]), split)
+        _patch_embed_grad_weight_kernel[grid](*args, **consts, **cfg)
+    else:
+        def grid(meta):
+            return (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split)
+        launcher(_patch_embed_grad_weight_tuned)[grid](*args, **consts)
+    return part.sum(0).reshape(d, c, patch, patch).to(grad_out.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops
+# --------------------------------------------------------------------------------------------
+
+_FWD = "clippo::patch_embed"
+
+
+def _patch_embed_cpu(images, weight, bias, pos_embed):
+    _check_args(images, weight, bias, pos_embed)
+    return patch_embed_ref(images, weight, bias, pos_embed)
+
+_GW = "clippo::patch_embed_grad_weight"
+
+if HAS_TRITON:
+    @torch.library.triton_op(_FWD, mutates_args=())
+    def _patch_embed_op(images: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        pos_embed: Optional[Tensor]) -> Tensor:
+        # torch.compile decomposes a triton_op into this body whatever the device, so the
+        # CPU branch is needed here as well as in the registered CPU kernel
+        if images.device.type != "cuda":
+            return _patch_embed_cpu(images, weight, bias, pos_embed)
+        return patch_embed_fwd(images, weight, bias, pos_embed)
+
+    @torch.library.triton_op(_GW, mutates_args=())
+    def _patch_embed_grad_weight_op(images: Tensor, grad_out: Tensor, patch: int) -> Tensor:
+        if images.device.type != "cuda":
+            return patch_embed_grad_weight_ref(images, grad_out, patch)
+        return patch_embed_grad_weight(images, grad_out, patch)
+else:  # no triton: the ops exist with CPU kernels only
+    @torch.library.custom_op(_FWD, mutates_args=(), device_types="cpu")
+    def _patch_embed_op(images: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        pos_embed: Optional[Tensor]) -> Tensor:
+        raise AssertionError("unreachable: replaced by the CPU kernel below")
+
+    @torch.library.custom_op(_GW, mutates_args=(), device_types="cpu")
+    def _patch_embed_grad_weight_op(images: Tensor, grad_out: Tensor, patch: int) -> Tensor:
+        raise AssertionError("unreachable: replaced by the CPU kernel below")
+
+    @_patch_embed_op.register_fake
+    def _(images, weight, bias, pos_embed):
+        b, c, h, w, d, p, n = _check_args(images, weight, bias, pos_embed)
+        return images.new_empty((b, n, d), dtype=weight.dtype)
+
+    @_patch_embed_grad_weight_op.register_fake
+    def _(images, grad_out, patch):
+        return grad_out.new_empty((grad_out.shape[-1], images.shape[1], patch, patch))
+
+
+torch.library.register_kernel(_FWD, "cpu", _patch_embed_cpu)
+torch.library.register_kernel(_GW, "cpu", patch_embed_grad_weight_ref)
+
+
+def _setup_context(ctx, inputs, output):
+    images, weight, bias, pos_embed = inputs
+    ctx.save_for_backward(images, weight)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.pos_shape = None if pos_embed is None else pos_embed.shape
+    ctx.pos_dtype = None if pos_embed is None else pos_embed.dtype
+
+
+def _backward(ctx, grad):
+    images, weight = ctx.saved_tensors
+    need_x, need_w, need_b, need_pos = ctx.needs_input_grad
+    gx = gw = gb = gpos = None
+    if need_w:
+        gw = torch.ops.clippo.patch_embed_grad_weight(images, grad, weight.shape[-1])
+        gw = gw.to(weight.dtype)
+    if need_b and ctx.bias_dtype is not None:
+        gb = grad.sum((0, 1), dtype=torch.float32).to(ctx.bias_dtype)
+    if need_pos and ctx.pos_shape is not None:
+        gpos = grad.sum(0, dtype=torch.float32).reshape(ctx.pos_shape).to(ctx.pos_dtype)
+    if need_x and images.dtype.is_floating_point:
+        gx = _grad_images(images, weight, grad)
+    return gx, gw, gb, gpos
+
+
+torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
+
+
+def patch_embed_op(images, weight, bias=None, pos_embed=None):
+    """torch.ops.clippo.patch_embed: Triton on CUDA, the conv2d reference on the CPU."""
+    return torch.ops.clippo.patch_embed(images, weight, bias, pos_embed)
