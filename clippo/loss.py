@@ -34,9 +34,11 @@ def clip_loss(zimg, ztxt, logit_scale, *, return_parts=False):
     _check(zimg, ztxt, logit_scale)
     logits_i2t, logits_t2i = get_logits(zimg, ztxt, logit_scale)
     labels = torch.arange(zimg.shape[0], device=zimg.device)
-    # Softmax in float32 even under autocast: bf16 logits lose the margin between pairs.
-    l_i2t = F.cross_entropy(logits_i2t.float(), labels)
-    l_t2i = F.cross_entropy(logits_t2i.float(), labels)
+    if logits_i2t.dtype in (torch.float16, torch.bfloat16):
+        # softmax in float32: half-precision logits lose the margin between pairs
+        logits_i2t, logits_t2i = logits_i2t.float(), logits_t2i.float()
+    l_i2t = F.cross_entropy(logits_i2t, labels)
+    l_t2i = F.cross_entropy(logits_t2i, labels)
     loss = (l_i2t + l_t2i) / 2
     if return_parts:
         return loss, {"img2txt": l_i2t, "txt2img": l_t2i}
