@@ -19,6 +19,10 @@ TORCH_LIBRARY(clippo, m) {
   // atlas: uint8 [G, cell_h, cell_w] final pixel values. Returns uint8 [B, S, S].
   m.def("render_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, Tensor atlas, "
         "int image_size, int max_chars, bool lower, int background) -> Tensor");
+  // The same into a preallocated out [B, S, S]: reusing one buffer avoids page faults.
+  m.def("render_text_into(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, "
+        "Tensor atlas, int image_size, int max_chars, bool lower, int background, "
+        "Tensor(a!) out) -> ()");
   // The layout alone: glyphs int32 [n, 2] (glyph, x | y << 16) and row_offsets int32
   // [B * rows + 1], the start of each text row's glyphs. This is all a GPU needs to draw.
   m.def("layout_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, int image_size, "

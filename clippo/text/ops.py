@@ -16,6 +16,14 @@ def render_text(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, l
                                                 max_chars, lower, background)
 
 
+def render_text_into(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
+                     background, out):
+    """render_text into a preallocated contiguous uint8 [B, S, S] `out`."""
+    torch.ops.clippo.render_text_into.default(text, offsets, cmap, glyph_cols, atlas, image_size,
+                                              max_chars, lower, background, out)
+    return out
+
+
 def layout_text(text, offsets, cmap, glyph_cols, image_size, cell_h, max_chars, lower,
                 pin_memory=False):
     """The layout alone (CPU): glyphs int32 [n, 2], row_offsets int32 [B * rows + 1]."""
@@ -37,6 +45,12 @@ def _rows(image_size, cell_h):
 def _render_text_fake(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
                       background):
     return text.new_empty((offsets.shape[0] - 1, image_size, image_size), dtype=torch.uint8)
+
+
+@torch.library.register_fake("clippo::render_text_into")
+def _render_text_into_fake(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
+                           background, out):
+    return None
 
 
 @torch.library.register_fake("clippo::layout_text")

@@ -149,8 +149,13 @@ class TextRenderer:
                     self._device_tables[device] = tables
         return tables
 
-    def __call__(self, texts):
-        """Render a list of str/bytes (a single str is a batch of one)."""
+    def __call__(self, texts, *, out=None):
+        """Render a list of str/bytes (a single str is a batch of one).
+
+        out: optional preallocated contiguous uint8 tensor [B, S, S] or [B, 1, S, S] on the
+        CPU to draw into; reusing one buffer across calls skips the page faults of fresh
+        memory, the largest cost of rendering on the CPU. The result is a view of it.
+        """
         if isinstance(texts, (str, bytes)):
             texts = [texts]
         elif not hasattr(texts, "__len__"):
@@ -158,7 +163,19 @@ class TextRenderer:
         c = self.config
         text, offsets = encode_texts(texts, c.max_chars)
         max_chars = c.max_chars or 0
-        if self.device.type == "cpu":
+        if out is not None:
+            if self.device.type != "cpu":
+                raise ValueError("out= is supported for CPU renderers only")
+            if not isinstance(out, torch.Tensor) or out.dtype != torch.uint8 or out.device.type != "cpu":
+                raise TypeError("out must be a CPU torch.uint8 tensor")
+            shape = (len(texts), c.image_size, c.image_size)
+            if tuple(out.shape) not in (shape, (shape[0], 1) + shape[1:]) or not out.is_contiguous():
+                raise ValueError(f"out must be contiguous with shape [B, S, S] or [B, 1, S, S] = "
+                                 f"{list(shape)}, got {list(out.shape)}")
+            gray = self._ops.render_text_into(text, offsets, self._cmap, self._cols, self._shaded,
+                                              c.image_size, max_chars, c.lower,
+                                              c.background_brightness, out.view(shape))
+        elif self.device.type == "cpu":
             gray = self._ops.render_text(text, offsets, self._cmap, self._cols, self._shaded,
                                          c.image_size, max_chars, c.lower,
                                          c.background_brightness)
