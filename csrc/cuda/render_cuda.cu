@@ -4,8 +4,9 @@
 // the band to (glyph, column in glyph) in shared memory, then writes every pixel of the
 // band in row-major order, so the global writes are fully coalesced and each pixel is
 // written exactly once (no background memset pass).
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -80,7 +81,7 @@ at::Tensor rasterize_cuda(const at::Tensor& glyphs, const at::Tensor& row_offset
   if (batch == 0) return out;
   const int64_t bands = batch * rows;
   TORCH_CHECK(bands < INT32_MAX, "batch too large");
-  rasterize_kernel<<<static_cast<unsigned>(bands), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  rasterize_kernel<<<static_cast<unsigned>(bands), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       glyphs.data_ptr<int32_t>(), glyphs.size(0), row_offsets.data_ptr<int32_t>(),
       glyph_cols.data_ptr<int32_t>(), atlas.data_ptr<uint8_t>(), static_cast<int32_t>(num_glyphs),
       static_cast<int32_t>(cell_h), static_cast<int32_t>(cell_w), static_cast<int32_t>(image_size),

@@ -1,0 +1,106 @@
+"""The `clippo` command.
+
+    clippo render "some text" -o out.png          see what the model sees
+    clippo render --file lines.txt -o grid.png    one image per line, in a grid
+    clippo convert in.npz out_dir                 big_vision checkpoint -> save_pretrained
+    clippo demo                                   render + encode on built-in data, with timings
+"""
+import argparse
+import math
+import sys
+
+import numpy as np
+
+
+def _render_args(p):
+    g = p.add_argument_group("rendering (defaults: the reference's)")
+    g.add_argument("--font", help="Unifont .hex(.gz) or TTF/OTF file (default: GNU Unifont)")
+    g.add_argument("--upper-font", help="Unifont .hex for planes 1-16 (with a .hex --font)")
+    g.add_argument("--image-size", type=int, default=224)
+    g.add_argument("--font-size", type=int, default=16)
+    g.add_argument("--max-chars", type=int, default=768)
+    g.add_argument("--no-lower", action="store_true", help="keep ASCII upper case")
+    g.add_argument("--monospace", action="store_true")
+    g.add_argument("--antialias", action="store_true", help="anti-aliased TTF/OTF glyphs")
+
+
+def _renderer(args, device="cpu"):
+    from clippo.text import TextRenderer
+    return TextRenderer(font=args.font, upper_font=args.upper_font, image_size=args.image_size,
+                        font_size=args.font_size, max_chars=args.max_chars,
+                        lower=not args.no_lower, monospace=args.monospace,
+                        antialias=args.antialias, device=device)
+
+
+def grid(images, columns=None, gutter=4, fill=255):
+    """Tile uint8 [N, H, W] into one [rows*H, cols*W] image with white gutters."""
+    n, h, w = images.shape
+    columns = columns or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / columns))
+    out = np.full((rows * (h + gutter) - gutter, columns * (w + gutter) - gutter), fill, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (h + gutter):r * (h + gutter) + h, c * (w + gutter):c * (w + gutter) + w] = img
+    return out
+
+
+def cmd_render(args):
+    from clippo.text.png import save_png
+    texts = list(args.text)
+    if args.file:
+        with open(args.file, encoding="utf-8", errors="replace") as f:
+            texts += [line.rstrip("\n") for line in f]
+    if not texts:
+        print("clippo render: give some text or --file", file=sys.stderr)
+        return 2
+    images = _renderer(args)(texts)[:, 0].numpy()
+    save_png(args.output, images[0] if len(texts) == 1 else grid(images, args.columns))
+    print(f"wrote {args.output}: {len(texts)} text image(s) of {args.image_size}x{args.image_size}")
+    return 0
+
+
+def cmd_convert(args, rest):
+    from clippo import convert
+    return convert.main(rest)
+
+
+def cmd_demo(args):
+    from clippo import demo
+    return demo.main(args)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="clippo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render text to a PNG (one image, or a grid)")
+    p.add_argument("text", nargs="*", help="strings to render, one image each")
+    p.add_argument("-f", "--file", help="a UTF-8 text file: one image per line")
+    p.add_argument("-o", "--output", default="clippo-render.png")
+    p.add_argument("--columns", type=int, help="grid columns (default: about square)")
+    _render_args(p)
+
+    sub.add_parser("convert", help="convert a big_vision .npz checkpoint (clippo convert -h)",
+                   add_help=False)
+
+    p = sub.add_parser("demo", help="render and encode built-in data, with a benchmark")
+    p.add_argument("--out", default="clippo-demo", help="folder for the demo's PNG and JSON")
+    p.add_argument("--variant", default="Ti/16", help="model size for the encode demo")
+    p.add_argument("--checkpoint", help="a big_vision .npz to encode with (default: random)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--quick", action="store_true", help="smaller batches (smoke test)")
+
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "convert":
+            return cmd_convert(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return {"render": cmd_render, "demo": cmd_demo}[args.command](args)
+    except (ValueError, OSError, TypeError) as e:  # user errors: one line, no traceback
+        print(f"clippo {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

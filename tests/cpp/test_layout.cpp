@@ -1,0 +1,110 @@
+// C++-level tests of the torch-free layout core (csrc/render/layout.h): UTF-8 decoding and
+// the reference's trimming/wrapping on a tiny hand-made atlas. Built by CMakeLists.txt.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "render/layout.h"
+
+using namespace clippo;
+
+static int failures = 0, checks = 0;
+#define EXPECT_EQ(a, b)                                                                   \
+  do {                                                                                    \
+    ++checks;                                                                             \
+    const long long _a = (a), _b = (b);                                                   \
+    if (_a != _b) {                                                                       \
+      ++failures;                                                                         \
+      std::printf("%s:%d: %s == %lld, expected %lld\n", __FILE__, __LINE__, #a, _a, _b); \
+    }                                                                                     \
+  } while (0)
+
+static std::vector<int32_t> decode_all(const std::string& s) {
+  std::vector<int32_t> out;
+  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+  for (int64_t i = 0; i < (int64_t)s.size();) out.push_back(decode_utf8(p, s.size(), i));
+  return out;
+}
+
+static void test_utf8() {
+  auto v = decode_all("a\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80");  // a é 中 😀
+  EXPECT_EQ(v.size(), 4);
+  EXPECT_EQ(v[0], 'a');
+  EXPECT_EQ(v[1], 0xE9);
+  EXPECT_EQ(v[2], 0x4E2D);
+  EXPECT_EQ(v[3], 0x1F600);
+  // Surrogate encoded in UTF-8: ED is a valid lead but A0 is not allowed after it, so each
+  // byte is its own maximal subpart: three U+FFFD.
+  v = decode_all("\xED\xA0\x80");
+  EXPECT_EQ(v.size(), 3);
+  EXPECT_EQ(v[0], kReplacementChar);
+  // A truncated 3-byte sequence is one U+FFFD, and the next ASCII byte survives.
+  v = decode_all("\xE4\xB8z");
+  EXPECT_EQ(v.size(), 2);
+  EXPECT_EQ(v[0], kReplacementChar);
+  EXPECT_EQ(v[1], 'z');
+  // Overlong (C0 80), out of range (F5), lone continuation (80): one U+FFFD per byte.
+  v = decode_all("\xC0\x80\xF5\x80");
+  EXPECT_EQ(v.size(), 4);
+  // Truncated at the end of the string.
+  v = decode_all("\xF0\x9F\x98");
+  EXPECT_EQ(v.size(), 1);
+  EXPECT_EQ(v[0], kReplacementChar);
+  // Largest code point and the first above it.
+  v = decode_all("\xF4\x8F\xBF\xBF\xF4\x90\x80\x80");
+  EXPECT_EQ(v[0], 0x10FFFF);
+  EXPECT_EQ(v.size(), 5);
+}
+
+static void test_layout() {
+  // Glyph 0 empty (kept width 4), glyph 1 width 5, glyph 2 width 9.
+  std::vector<int32_t> cmap(kNumCodePoints, 0);
+  cmap['a'] = 1;
+  cmap['w'] = 2;
+  std::vector<int32_t> cols = {0 | 4 << 16, 1 | 5 << 16, 0 | 9 << 16};
+  LayoutParams p{32, 16, 0, true, 3};
+  std::vector<int32_t> scratch;
+  std::vector<GlyphItem> items;
+  auto run = [&](const std::string& s) {
+    items.clear();
+    return layout_string(reinterpret_cast<const uint8_t*>(s.data()), s.size(), cmap.data(),
+                         cols.data(), p, scratch, [&](const GlyphItem& it) { items.push_back(it); });
+  };
+  // "aaaaaa": widths 5, max 5, div = 27; cum = 5..30: rows 0,0,0,0,0,1 (30/27 = 1.1).
+  EXPECT_EQ(run("aaaaaa"), true);
+  EXPECT_EQ(items.size(), 6);
+  EXPECT_EQ(item_x(items[4].xy), 20);
+  EXPECT_EQ(item_y(items[4].xy), 0);
+  EXPECT_EQ(item_x(items[5].xy), 0);
+  EXPECT_EQ(item_y(items[5].xy), 16);
+  // Uppercase is lowered: "A" draws glyph 1.
+  run("A");
+  EXPECT_EQ(items[0].glyph, 1);
+  // "waw": max 9, div 23; cum 9, 14, 23 -> rows 0, 0, 1.
+  run("waw");
+  EXPECT_EQ(item_y(items[2].xy), 16);
+  EXPECT_EQ(item_x(items[2].xy), 0);
+  // Rows past the bottom (2 rows of 16 px in 32) are dropped.
+  run(std::string(40, 'a'));
+  EXPECT_EQ(items.size(), 10);  // cum 5..50 -> floor(cum/27) < 2 for cum < 54 -> 10 letters
+  // max_chars keeps the first code points only.
+  p.max_chars = 3;
+  run(std::string(40, 'a'));
+  EXPECT_EQ(items.size(), 3);
+  p.max_chars = 0;
+  // A glyph as wide as the image cannot wrap.
+  p.image_size = 9;
+  EXPECT_EQ(run("w"), false);
+  p.image_size = 32;
+  // Out-of-range cmap entries draw the empty glyph.
+  cmap['z'] = 12345;
+  run("z");
+  EXPECT_EQ(items[0].glyph, 0);
+}
+
+int main() {
+  test_utf8();
+  test_layout();
+  std::printf("%d passed, %d failed\n", checks - failures, failures);
+  return failures ? 1 : 0;
+}
