@@ -7,6 +7,7 @@ Backends:
     "torch"  plain PyTorch (conv2d / scaled_dot_product_attention); never touches triton.
 
 The initial value comes from the environment variable CLIPPO_KERNELS (default "auto").
+CLIPPO_AUTOTUNE=0 (read at import) turns Triton autotuning off (first config of each kernel).
 """
 import contextlib
 import functools
@@ -80,11 +81,35 @@ def use_ops(*tensors):
     return HAS_TRITON and all(t.is_cuda for t in tensors if t is not None)
 
 
+def autotune_enabled():
+    """CLIPPO_AUTOTUNE=0 (read at import) launches each kernel with its first, conservative
+    config instead of autotuning: quick GPU test runs."""
+    return os.environ.get("CLIPPO_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def tune_configs(configs):
+    return configs if autotune_enabled() else configs[:1]
+
+
+def interpret_for(t):
+    """Launch through the interpreter? For CPU tensors (the only way Triton runs there) and for
+    any tensor when TRITON_INTERPRET=1."""
+    return interpreting() or t.device.type == "cpu"
+
+
+def interpreted(kernel):
+    """The kernel itself, checked to be the interpreter's version: Triton decides at import time,
+    so TRITON_INTERPRET=1 must be set before triton is first imported."""
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(kernel, InterpretedFunction):
+        raise RuntimeError(
+            "Triton kernels run on CPU tensors only through the interpreter: set "
+            "TRITON_INTERPRET=1 before triton is first imported (or pass CUDA tensors)")
+    return kernel
+
+
 def launcher(kernel):
-    """kernel[grid](...) callable: wrap_triton'd (traceable by torch.compile) except under the
-    interpreter, whose InterpretedFunction wrap_triton does not accept."""
-    if interpreting():
-        return kernel
+    """kernel[grid](...) callable, wrap_triton'd so that torch.compile can trace it."""
     import torch
     return torch.library.wrap_triton(kernel)
 

@@ -24,7 +24,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._utils import HAS_TRITON, dot_precision, interpreting, launcher, tl, triton
+from ._utils import (HAS_TRITON, dot_precision, interpret_for, interpreted, launcher, tl,
+                     triton, tune_configs)
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128
@@ -115,8 +116,9 @@ def supported(q, k, v):
 
 if HAS_TRITON:
     def _configs(pairs, names):
-        return [triton.Config(dict(zip(names, (bm, bn))), num_warps=w, num_stages=s)
-                for bm, bn, w, s in pairs]
+        # the first config is the conservative default used when autotuning is off
+        return tune_configs([triton.Config(dict(zip(names, (bm, bn))), num_warps=w, num_stages=s)
+                             for bm, bn, w, s in pairs])
 
     def _prune_fwd(configs, named_args, **kwargs):
         # Lq = 1 (MAP head) or short queries: no point in 128-row tiles
@@ -125,15 +127,15 @@ if HAS_TRITON:
         return keep or configs[:1]
 
     _FWD_CONFIGS = _configs([
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+        (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
         (64, 128, 4, 3), (64, 32, 4, 4), (16, 64, 4, 2), (16, 128, 4, 2),
     ], ("BLOCK_M", "BLOCK_N"))
     _DKDV_CONFIGS = _configs([
-        (32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 2), (16, 128, 4, 2),
+        (32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 2), (16, 128, 4, 2),
         (16, 64, 4, 2),
     ], ("BLOCK_M", "BLOCK_N"))
     _DQ_CONFIGS = _configs([
-        (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2), (16, 64, 4, 2),
+        (64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (16, 64, 4, 2),
     ], ("BLOCK_M", "BLOCK_N"))
 
     @triton.jit
@@ -353,9 +355,9 @@ def attention_fwd(q, k, v, scale=None):
     args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse,
             h, lq, lk, scale * LOG2E)
     consts = dict(HEAD_DIM=dh, BLOCK_D=_block_d(dh), IN_PRECISION=dot_precision(q.dtype))
-    if interpreting():
+    if interpret_for(q):
         grid = (triton.cdiv(lq, _INTERP["BLOCK_M"]), b * h)
-        _attn_fwd_kernel[grid](*args, **consts, **_INTERP)
+        interpreted(_attn_fwd_kernel)[grid](*args, **consts, **_INTERP)
     else:
         def grid(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
@@ -377,9 +379,10 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
     dv = torch.empty((b, h, lk, dh), device=q.device, dtype=q.dtype)
     delta = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
     block_d = _block_d(dh)
-    run = (lambda kern: kern) if interpreting() else launcher
+    interp = interpret_for(q)
+    run = interpreted if interp else launcher
 
-    delta_block = 16 if interpreting() else 64
+    delta_block = 16 if interp else 64
     run(_attn_bwd_delta_kernel)[(triton.cdiv(lq, delta_block), b * h)](
         out, *out.stride(), do, *do.stride(), delta, h, lq,
         HEAD_DIM=dh, BLOCK_D=block_d, BLOCK_M=delta_block)
@@ -387,10 +390,10 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
     args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), do, *do.stride(), lse, delta)
     sizes = (h, lq, lk, scale, scale * LOG2E)
     consts = dict(HEAD_DIM=dh, BLOCK_D=block_d, IN_PRECISION=dot_precision(q.dtype))
-    if interpreting():
-        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, _INTERP["BLOCK_N"]), b * h)](
+    if interp:
+        interpreted(_attn_bwd_dkdv_kernel)[(triton.cdiv(lk, _INTERP["BLOCK_N"]), b * h)](
             *args, dk, dv, *sizes, **consts, **_INTERP)
-        _attn_bwd_dq_kernel[(triton.cdiv(lq, _INTERP["BLOCK_M"]), b * h)](
+        interpreted(_attn_bwd_dq_kernel)[(triton.cdiv(lq, _INTERP["BLOCK_M"]), b * h)](
             *args, dq, *sizes, **consts, **_INTERP)
     else:
         def grid_kv(meta):

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import HAS_TRITON, dot_precision, interpreting, launcher, num_sms, tl, triton
+from ._utils import (HAS_TRITON, dot_precision, interpret_for, interpreted, launcher, num_sms,
+                     tl, triton, tune_configs)
 
 # --------------------------------------------------------------------------------------------
 # torch references
@@ -139,8 +140,8 @@ if HAS_TRITON:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
         # grouped tile order: GROUP_M row tiles share the weight tiles while they sit in L2
         pid = tl.program_id(0)
-        tiles_m = tl.cdiv(M, BLOCK_M)
-        tiles_n = tl.cdiv(D, BLOCK_N)
+        tiles_m = (M + BLOCK_M - 1) // BLOCK_M
+        tiles_n = (D + BLOCK_N - 1) // BLOCK_N
         per_group = GROUP_M * tiles_n
         first_m = (pid // per_group) * GROUP_M
         group_size = tl.minimum(tiles_m - first_m, GROUP_M)
@@ -207,7 +208,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_D >= 16 and BLOCK_K >= 16)
-        tiles_k = tl.cdiv(K, BLOCK_K)
+        tiles_k = (K + BLOCK_K - 1) // BLOCK_K
         pid_d = tl.program_id(0) // tiles_k
         pid_k = tl.program_id(0) % tiles_k
         split = tl.program_id(1)
@@ -246,9 +247,9 @@ if HAS_TRITON:
         tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
 
     _patch_embed_fwd_tuned = triton.autotune(
-        configs=_fwd_configs(), key=["N", "D", "K", "P", "IS_UINT8"])(_patch_embed_fwd_kernel)
+        configs=tune_configs(_fwd_configs()), key=["N", "D", "K", "P", "IS_UINT8"])(_patch_embed_fwd_kernel)
     _patch_embed_grad_weight_tuned = triton.autotune(
-        configs=_gw_configs(), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
+        configs=tune_configs(_gw_configs()), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
             _patch_embed_grad_weight_kernel)
 
 # fixed blocks for the CPU interpreter (autotuning there would only cost time)
@@ -277,9 +278,9 @@ def patch_embed_fwd(images, weight, bias=None, pos_embed=None):
             out, *out.stride(), m, n, d, k, gw)
     consts = dict(P=p, IS_UINT8=images.dtype == torch.uint8, HAS_BIAS=bias is not None,
                   HAS_POS=pos is not None, IN_PRECISION=dot_precision(weight.dtype))
-    if interpreting():
+    if interpret_for(images):
         grid = (triton.cdiv(m, _INTERP_FWD["BLOCK_M"]) * triton.cdiv(d, _INTERP_FWD["BLOCK_N"]),)
-        _patch_embed_fwd_kernel[grid](*args, **consts, **_INTERP_FWD)
+        interpreted(_patch_embed_fwd_kernel)[grid](*args, **consts, **_INTERP_FWD)
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),)
@@ -305,7 +306,8 @@ def patch_embed_grad_weight(images, grad_out, patch):
         raise ValueError(f"patch_embed_grad_weight: grad_out must be [{b}, {n}, D], "
                          f"got {tuple(grad_out.shape)}")
     m, k, gw = b * n, c * patch * patch, w // patch
-    if interpreting():
+    interp = interpret_for(images)
+    if interp:
         cfg = _INTERP_GW
         split, chunk = triton.cdiv(m, 64), 64  # several splits, to exercise the partial sums
     else:
@@ -314,9 +316,9 @@ def patch_embed_grad_weight(images, grad_out, patch):
     args = (images, *images.stride(), grad_out, *grad_out.stride(), part, m, n, d, k, gw, chunk)
     consts = dict(P=patch, IS_UINT8=images.dtype == torch.uint8,
                   IN_PRECISION=dot_precision(grad_out.dtype))
-    if interpreting():
+    if interp:
         grid = (triton.cdiv(d, cfg["BLOCK_D"]) * triton.cdiv(k, cfg["BLOCK_K"]), split)
-        _patch_embed_grad_weight_kernel[grid](*args, **consts, **cfg)
+        interpreted(_patch_embed_grad_weight_kernel)[grid](*args, **consts, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split)
