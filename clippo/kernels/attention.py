@@ -259,6 +259,7 @@ if HAS_TRITON:
             # transposed scores: [BLOCK_N keys, BLOCK_M queries]
             st = tl.dot(k, tl.trans(q), input_precision=IN_PRECISION) * qk_scale
             pt = tl.exp2(st - lse[None, :])
+            # padded query rows have q = do = 0, so they add nothing anyway; kept defensive
             pt = tl.where(mask_m[None, :], pt, 0.0)
             dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=IN_PRECISION)
             dpt = tl.dot(v, tl.trans(do), input_precision=IN_PRECISION)
@@ -312,6 +313,7 @@ if HAS_TRITON:
             vt = tl.load(v_ptr + cols[None, :] * svn + offs_d[:, None] * svd, mask=kv_mask, other=0)
             s = tl.dot(q, kt, input_precision=IN_PRECISION) * qk_scale
             p = tl.exp2(s - lse[:, None])
+            # padded key columns have k = 0, so they add nothing to dq anyway; kept defensive
             p = tl.where(mask_n[None, :], p, 0.0)
             dp = tl.dot(do, vt, input_precision=IN_PRECISION)
             ds = p * (dp - delta[:, None])
