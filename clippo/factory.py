@@ -11,6 +11,8 @@ import copy
 import json
 from pathlib import Path
 
+import torch
+
 from clippo.model.clippo import CLIPPO
 from clippo.model.vit import decode_variant
 
@@ -59,7 +61,7 @@ def create_model(name="clippo-B-16", pretrained=None, device=None, **overrides):
     """Build a CLIPPO model by config name or variant; keyword arguments override the config.
 
     pretrained: a big_vision .npz or a save_pretrained directory; the checkpoint's shapes
-    must then match the config.
+    must then match the config. device="meta" builds without allocating.
     """
     cfg = get_model_config(name)
     if "patch_size" not in decode_variant(cfg.get("variant")) and "patch_size" not in {
@@ -68,7 +70,12 @@ def create_model(name="clippo-B-16", pretrained=None, device=None, **overrides):
     render = {**cfg.pop("render", {}), **overrides.pop("render", {})}
     cfg.update(overrides)
     variant = cfg.pop("variant", None)
-    model = CLIPPO(variant, render=render, **cfg)
+    if pretrained is not None:  # the checkpoint supplies the weights: build without init
+        device_ctx, target = torch.device("meta"), device
+    else:
+        device_ctx, target = torch.device(device or "cpu"), None
+    with device_ctx:
+        model = CLIPPO(variant, render=render, **cfg)
     if pretrained is not None:
         loaded = (CLIPPO.from_big_vision(pretrained, render=model.render_config)
                   if str(pretrained).endswith(".npz") else CLIPPO.from_pretrained(pretrained))
@@ -79,7 +86,7 @@ def create_model(name="clippo-B-16", pretrained=None, device=None, **overrides):
             raise ValueError(f"checkpoint {pretrained} does not match model {name!r}: "
                              f"(config, checkpoint) = {diff}")
         model = loaded
-    return model.to(device) if device is not None else model
+    return model.to(target) if target is not None else model
 
 
 add_model_config(CONFIG_DIR)

@@ -198,3 +198,39 @@ def test_init_temperature():
     assert model.t.shape == (1,)
     assert model.t.item() == pytest.approx(math.log(10.0))
     assert model.temperature.item() == pytest.approx(10.0)
+
+
+def test_factory_configs():
+    from clippo.factory import create_model, get_model_config, list_models
+    from clippo.model.clippo import RenderConfig
+    assert "clippo-B-16" in list_models()
+    assert get_model_config("clippo-B-16")["variant"] == "B/16"
+    model = create_model("clippo-B-16", device="meta")
+    assert model.num_params() == 93_474_817
+    cfg = model.config
+    assert (cfg["image_size"], cfg["out_dim"], cfg["pool_type"]) == (224, 768, "map")
+    assert model.render_config == RenderConfig()  # CLIPPO's render settings are the defaults
+    assert model.temperature_init == 10.0
+    # a plain variant works, and keyword arguments override the config
+    small = create_model("mu/16", image_size=32, out_dim=8, depth=2, render={"lower": False})
+    assert (small.img.depth, small.img.width, small.config["out_dim"]) == (2, 32, 8)
+    assert small.render_config.image_size == 32 and small.render_config.lower is False
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("clippo-X-99")
+    with pytest.raises(ValueError, match="patch size"):
+        create_model("B", device="meta")
+
+
+def test_factory_pretrained(tmp_path):
+    from clippo.factory import create_model
+    rng = np.random.default_rng(6)
+    params = random_bv_params(rng, width=32, depth=1, num_heads=2, mlp_dim=128, patch=16,
+                              num_pos=4, out_dim=8)
+    save_bv_npz(tmp_path / "m.npz", params)
+    model = create_model("mu/16", image_size=32, out_dim=8, pretrained=tmp_path / "m.npz")
+    x = _images(rng, 2, 32)
+    with torch.no_grad():
+        got = model.encode_image(torch.from_numpy(x)).double().numpy()
+    np.testing.assert_allclose(got, bv_embed(params, x), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        create_model("mu/16", image_size=32, out_dim=16, pretrained=tmp_path / "m.npz")
