@@ -1,0 +1,247 @@
+"""Triton kernels vs their PyTorch baselines, side by side in one run (bf16, CUDA).
+
+    python benchmarks/kernels.py [--out DIR] [--quick] [--only patch|attention] [--reps N]
+
+patch embedding: clippo's fused kernel vs conv2d (+ the uint8 -> [-1, 1] normalisation and the
+position-embedding add done by torch), at 224x224, patch 16, width 768, for the renderer's
+uint8 input (an expanded grey plane, channel stride 0) and for bf16 float input; forward and
+forward+backward (weight/bias/pos grads).
+    flops = 2 * B * N * D * K (forward), twice that with the weight gradient; K = 3 * 16 * 16.
+attention: clippo's flash kernel vs F.scaled_dot_product_attention with its best backend for
+the shape (each of flash / efficient / cudnn / math is timed under sdpa_kernel, the fastest
+kept and named), at ViT-B/16 shapes (196/197 tokens, 12 heads, head dim 64), 576 tokens,
+head dim 128, and the MAP head's single query; forward and forward+backward.
+    flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
+
+Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
+|difference| of the output against the baseline's (a sanity check, not a test). Results go
+to a printed table and <out>/kernels.json (benchmarks/results by default). Without CUDA the
+script says so, times the torch providers at a small size on the CPU (kernels_cpu.json) and
+exits 0.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from _common import measure, print_table, write_json  # noqa: E402
+
+import clippo.kernels as K  # noqa: E402
+
+_pe = sys.modules["clippo.kernels.patch_embed"]
+_attn = sys.modules["clippo.kernels.attention"]
+
+COLUMNS = ["kernel", "shape", "input", "mode", "provider", "ms", "ms_p20", "ms_p80", "tflops",
+           "speedup", "max_diff"]
+
+
+# ------------------------------------------------------------------------------ patch embed
+
+
+def patch_inputs(batch, kind, device, dtype=torch.bfloat16, size=224, patch=16, width=768):
+    n = (size // patch) ** 2
+    if kind == "uint8":
+        grey = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
+        images = grey.expand(batch, 3, size, size)  # what the text renderer returns
+    else:
+        images = torch.rand(batch, 3, size, size, device=device, dtype=dtype) * 2 - 1
+    k = 3 * patch * patch
+    w = (torch.randn(width, 3, patch, patch, device=device) * k ** -0.5).to(dtype)
+    b = torch.randn(width, device=device).to(dtype)
+    pos = (torch.randn(1, n, width, device=device) * 0.02).to(dtype)
+    return images, w, b, pos
+
+
+def patch_flops(batch, mode, size=224, patch=16, width=768):
+    n, k = (size // patch) ** 2, 3 * patch * patch
+    fwd = 2 * batch * n * width * k
+    return fwd if mode == "fwd" else 2 * fwd
+
+
+def bench_patch(batches, device, providers, reps):
+    rows = []
+    for batch in batches:
+        for kind in ("uint8", "float"):
+            images, w, b, pos = patch_inputs(batch, kind, device)
+            params = [t.requires_grad_() for t in (w, b, pos)]
+            for mode in ("fwd", "fwd+bwd"):
+                ref_out, group = None, []
+                for name, fn in providers.items():
+                    def run(fn=fn, mode=mode):
+                        if mode == "fwd":
+                            with torch.no_grad():
+                                return fn(images, w, b, pos)
+                        out = fn(images, w, b, pos)
+                        grad = torch.autograd.grad(out, params, torch.ones_like(out))
+                        return out, grad
+                    try:
+                        res = run()
+                        out = res if mode == "fwd" else res[0]
+                        t = measure(run, device=device, warmup=3, reps=reps)
+                    except Exception as e:  # a provider failing must not end the run
+                        print(f"  {name} {kind} B={batch} {mode}: failed: {e!r}")
+                        t, out = None, None
+                    if ref_out is None and out is not None:
+                        ref_out = out.float()
+                    group.append(_row("patch_embed", f"B={batch} 224/16 D=768", kind, mode, name,
+                                      t, patch_flops(batch, mode), out, ref_out))
+                rows += _speedups(group)
+                del ref_out, group
+    return rows
+
+
+# ------------------------------------------------------------------------------ attention
+
+
+def sdpa_backends():
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:  # pragma: no cover - old torch
+        return {}
+    names = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+             "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+    return {k: getattr(SDPBackend, v) for k, v in names.items() if hasattr(SDPBackend, v)}
+
+
+def attn_flops(b, h, lq, lk, dh, mode):
+    fwd = 4 * b * h * lq * lk * dh
+    return fwd if mode == "fwd" else fwd + 2.5 * fwd
+
+
+def _time_attention(fn, q, k, v, mode, device, reps):
+    leaves = (q, k, v)
+
+    def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                return fn(q, k, v)
+        out = fn(q, k, v)
+        return out, torch.autograd.grad(out, leaves, torch.ones_like(out))
+    res = run()
+    out = res if mode == "fwd" else res[0]
+    return measure(run, device=device, warmup=3, reps=reps), out
+
+
+def bench_attention(shapes, device, with_triton, reps):
+    from torch.nn.attention import sdpa_kernel
+    rows = []
+    for (b, h, lq, lk, dh) in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(b, h, lq, dh, device=device, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(b, h, lk, dh, device=device, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(b, h, lk, dh, device=device, dtype=torch.bfloat16, generator=g)
+        for t in (q, k, v):
+            t.requires_grad_()
+        shape = f"B={b} H={h} Lq={lq} Lk={lk} Dh={dh}"
+        for mode in ("fwd", "fwd+bwd"):
+            flops = attn_flops(b, h, lq, lk, dh, mode)
+            # baseline: the best SDPA backend for this shape and mode
+            best, best_name, ref_out = None, None, None
+            for name, backend in sdpa_backends().items():
+                if name == "math" and b * h * lq * lk > 2 ** 31:
+                    continue  # the math backend materialises the scores: too big
+                try:
+                    with sdpa_kernel([backend]):
+                        t, out = _time_attention(F.scaled_dot_product_attention, q, k, v, mode,
+                                                 device, reps)
+                except RuntimeError as e:
+                    print(f"  sdpa[{name}] {shape} {mode}: unavailable ({str(e)[:80]})")
+                    continue
+                if best is None or t["p50"] < best["p50"]:
+                    best, best_name, ref_out = t, name, out.float()
+            group = [_row("attention", shape, "bf16", mode, f"sdpa[{best_name}]", best, flops,
+                          ref_out, ref_out)]
+            if with_triton:
+                try:
+                    t, out = _time_attention(_attn.attention_op, q, k, v, mode, device, reps)
+                except Exception as e:
+                    print(f"  clippo-triton {shape} {mode}: failed: {e!r}")
+                    t, out = None, None
+                group.append(_row("attention", shape, "bf16", mode, "clippo-triton", t, flops,
+                                  out, ref_out))
+            rows += _speedups(group)
+    return rows
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+def _row(kernel, shape, kind, mode, provider, t, flops, out, ref_out):
+    row = {"kernel": kernel, "shape": shape, "input": kind, "mode": mode, "provider": provider,
+           "flops": flops}
+    if t is None:
+        row.update(ms=float("nan"), tflops=float("nan"))
+        return row
+    row.update(ms=t["p50"] * 1e3, ms_p20=t["p20"] * 1e3, ms_p80=t["p80"] * 1e3, reps=t["n"],
+               tflops=flops / t["p50"] / 1e12)
+    if out is not None and ref_out is not None:
+        row["max_diff"] = (out.float() - ref_out).abs().max().item()
+    return row
+
+
+def _speedups(group):
+    """speedup = baseline ms / ms; the first row of a group is the baseline."""
+    base = group[0]["ms"] if group else float("nan")
+    for row in group:
+        row["speedup"] = base / row["ms"] if row["ms"] == row["ms"] and row["ms"] > 0 else None
+    return group
+
+
+def patch_providers(with_triton):
+    providers = {"conv2d": _pe.patch_embed_ref}
+    if with_triton:
+        providers["clippo-triton"] = _pe.patch_embed_op
+    return providers
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="directory for the JSON (default: "
+                    "benchmarks/results)")
+    ap.add_argument("--quick", action="store_true", help="smallest shapes only")
+    ap.add_argument("--only", choices=["patch", "attention"], default=None)
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py: no CUDA device; the Triton kernels need a GPU. Timing the "
+              "torch providers only, at a small size on the CPU (not comparable to GPU numbers).")
+        torch.manual_seed(0)
+        rows = []
+        if args.only in (None, "patch"):
+            rows += bench_patch([4], "cpu", patch_providers(False), reps=3)
+        if args.only in (None, "attention"):
+            rows += bench_attention([(2, 12, 197, 197, 64)], "cpu", False, reps=3)
+        print_table(rows, COLUMNS, title="kernels (CPU, torch providers only)")
+        write_json("kernels_cpu", rows, out_dir=args.out)
+        return 0
+
+    if not K.HAS_TRITON:
+        print("benchmarks/kernels.py: triton is not importable; timing the torch providers only")
+    device = "cuda"
+    torch.manual_seed(0)
+    rows = []
+    if args.only in (None, "patch"):
+        batches = [256] if args.quick else [256, 1024]
+        rows += bench_patch(batches, device, patch_providers(K.HAS_TRITON), args.reps)
+        torch.cuda.empty_cache()
+    if args.only in (None, "attention"):
+        shapes = [(256, 12, 197, 197, 64)] if args.quick else [
+            (256, 12, 196, 196, 64), (256, 12, 197, 197, 64), (1024, 12, 197, 197, 64),
+            (64, 12, 576, 576, 64), (128, 6, 197, 197, 128), (64, 6, 576, 576, 128),
+            (1024, 12, 1, 196, 64),  # MAP head
+        ]
+        rows += bench_attention(shapes, device, K.HAS_TRITON, args.reps)
+    print_table(rows, COLUMNS, title=f"kernels ({torch.cuda.get_device_name()}, bf16)")
+    write_json("kernels", rows, out_dir=args.out,
+               extra={"notes": "speedup = baseline ms / ms; baselines: conv2d (patch embed), "
+                               "best SDPA backend (attention); max_diff vs the baseline output"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
