@@ -20,7 +20,7 @@ import json
 import math
 import os
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -234,17 +234,16 @@ def load_big_vision(path, *, render=None, pool_type=None):
 # -- writing ------------------------------------------------------------------------------
 
 def _atomic_write(path, write):
-    """write(file object) into a temp file next to path, then rename over path."""
+    """write(temp path) next to path, then rename over path: readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -260,18 +259,22 @@ def big_vision_arrays(model):
 
 def save_big_vision(model, path):
     arrays = big_vision_arrays(model)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+    _atomic_write(path, write)
 
 
 def save_pretrained(model, directory):
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     directory = Path(directory)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"format": "pt"})
-    _atomic_write(directory / WEIGHTS_NAME, lambda f: f.write(blob))
+    _atomic_write(directory / WEIGHTS_NAME,
+                  lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = json.dumps(model.config, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda f: f.write(config.encode()))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
 
 
 def load_pretrained(directory, device=None):

@@ -191,3 +191,24 @@ def test_convert_cli_reports_errors(tmp_path, params, capsys):
     assert convert.main([str(_save(tmp_path, params)), str(tmp_path / "out")]) == 1
     assert "img/pos_embedding" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_failed_write_leaves_the_old_file(tmp_path, params, monkeypatch):
+    model = CLIPPO.from_big_vision(_save(tmp_path, params))
+    target = tmp_path / "out.npz"
+    target.write_bytes(b"previous")
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        model.to_big_vision(target)
+    assert target.read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "out.npz"]
+
+
+def test_variant_name_in_config(tmp_path):
+    with torch.device("meta"):
+        assert CLIPPO("B/16").config["variant"] == "B/16"
+        assert CLIPPO("B/16", depth=3).config["variant"] is None

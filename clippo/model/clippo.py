@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from clippo.model.vit import ViT
+from clippo.model.vit import ViT, variant_name
 
 
 def _import_render_config():
@@ -90,8 +90,8 @@ class CLIPPO(nn.Module):
     def config(self):
         cfg = self.img.config
         h, w = cfg.pop("image_size")
-        return dict(variant=None, **{k: cfg[k] for k in ("width", "depth", "mlp_dim", "num_heads",
-                                                            "patch_size", "pool_type")},
+        sizes = {k: cfg[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size")}
+        return dict(variant=variant_name(**sizes), **sizes, pool_type=cfg["pool_type"],
                     image_size=h if h == w else [h, w], out_dim=cfg["num_classes"],
                     temperature_init=self.temperature_init, render=self.render_config.to_dict())
 

@@ -61,6 +61,15 @@ def decode_variant(variant):
     return out
 
 
+def variant_name(width, depth, mlp_dim, num_heads, patch_size):
+    """The inverse of decode_variant: "B/16" for B/16 sizes, None if no variant matches."""
+    sizes = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
+    for name, v in VARIANTS.items():
+        if v == sizes:
+            return f"{name}/{patch_size}"
+    return None
+
+
 def _pair(x, name):
     if isinstance(x, int) and not isinstance(x, bool):
         x = (x, x)
