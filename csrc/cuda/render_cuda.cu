@@ -1,62 +1,32 @@
 // CUDA rasterizer: draws a host-computed layout with an atlas resident on the GPU.
 //
-// One thread block per (image, text row) band. The block first maps each pixel column of
-// the band to (glyph, column in glyph) in shared memory, then writes every pixel of the
-// band in row-major order, so the global writes are fully coalesced and each pixel is
-// written exactly once (no background memset pass).
+// One thread block per (image, text row) band, running render/raster_band.h: the column
+// map lives in shared memory, every pixel is written once with coalesced stores (no
+// background memset pass).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "render/raster_band.h"
 #include "render/render.h"
 
 namespace clippo {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kChunk = 1024;  // columns mapped per pass; bounds shared memory for wide images
 
-__global__ void rasterize_kernel(const int32_t* __restrict__ glyphs, int64_t num_items,
-                                 const int32_t* __restrict__ row_offsets,
-                                 const int32_t* __restrict__ glyph_cols,
-                                 const uint8_t* __restrict__ atlas, int32_t num_glyphs,
-                                 int32_t cell_h, int32_t cell_w, int32_t image_size,
-                                 int32_t rows, uint8_t background, uint8_t* __restrict__ out) {
-  __shared__ int32_t colmap[kChunk];  // glyph << 8 | column in cell, or -1 for background
-  const int64_t band = blockIdx.x;
-  const int64_t b = band / rows;
-  const int32_t y0 = static_cast<int32_t>(band % rows) * cell_h;
-  const int32_t h = min(cell_h, image_size - y0);
-  const int64_t lo = max<int64_t>(0, row_offsets[band]);
-  const int64_t hi = min<int64_t>(num_items, row_offsets[band + 1]);
-  uint8_t* dst = out + (b * image_size + y0) * static_cast<int64_t>(image_size);
-  const int64_t cell_size = static_cast<int64_t>(cell_h) * cell_w;
-
-  for (int32_t cx = 0; cx < image_size; cx += kChunk) {
-    const int32_t span = min(kChunk, image_size - cx);
-    for (int32_t i = threadIdx.x; i < span; i += blockDim.x) colmap[i] = -1;
+__global__ void rasterize_kernel(const BandArgs args) {
+  __shared__ int32_t colmap[kBandChunk];
+  const Band band = band_of(args, blockIdx.x);
+  for (int32_t cx = 0; cx < args.image_size; cx += kBandChunk) {
+    const int32_t span = min(kBandChunk, args.image_size - cx);
+    band_clear(colmap, span, threadIdx.x, blockDim.x);
     __syncthreads();
-    for (int64_t k = lo + threadIdx.x; k < hi; k += blockDim.x) {
-      int32_t g = glyphs[2 * k];
-      if (g < 0 || g >= num_glyphs) g = 0;
-      const int32_t x = glyphs[2 * k + 1] & 0xFFFF;
-      const int32_t cols = glyph_cols[g];
-      const int32_t first = cols & 0xFFFF;
-      const int32_t width = min(cols >> 16, cell_w - first);
-      for (int32_t j = 0; j < width; ++j) {
-        const int32_t col = x + j - cx;
-        if (col >= 0 && col < span) colmap[col] = g << 8 | (first + j);
-      }
-    }
+    band_claim(args, band, cx, span, colmap, threadIdx.x, blockDim.x);
     __syncthreads();
-    for (int32_t p = threadIdx.x; p < h * span; p += blockDim.x) {
-      const int32_t yy = p / span, xx = p - yy * span;
-      const int32_t m = colmap[xx];
-      dst[static_cast<int64_t>(yy) * image_size + cx + xx] =
-          m < 0 ? background : atlas[(m >> 8) * cell_size + yy * cell_w + (m & 0xFF)];
-    }
+    band_write(args, band, cx, span, colmap, threadIdx.x, blockDim.x);
     __syncthreads();
   }
 }
@@ -81,11 +51,14 @@ at::Tensor rasterize_cuda(const at::Tensor& glyphs, const at::Tensor& row_offset
   if (batch == 0) return out;
   const int64_t bands = batch * rows;
   TORCH_CHECK(bands < INT32_MAX, "batch too large");
-  rasterize_kernel<<<static_cast<unsigned>(bands), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      glyphs.data_ptr<int32_t>(), glyphs.size(0), row_offsets.data_ptr<int32_t>(),
-      glyph_cols.data_ptr<int32_t>(), atlas.data_ptr<uint8_t>(), static_cast<int32_t>(num_glyphs),
-      static_cast<int32_t>(cell_h), static_cast<int32_t>(cell_w), static_cast<int32_t>(image_size),
-      static_cast<int32_t>(rows), static_cast<uint8_t>(background), out.data_ptr<uint8_t>());
+  const BandArgs args{glyphs.data_ptr<int32_t>(), glyphs.size(0), row_offsets.data_ptr<int32_t>(),
+                      glyph_cols.data_ptr<int32_t>(), atlas.data_ptr<uint8_t>(),
+                      static_cast<int32_t>(num_glyphs), static_cast<int32_t>(cell_h),
+                      static_cast<int32_t>(cell_w), static_cast<int32_t>(image_size),
+                      static_cast<int32_t>(rows), static_cast<uint8_t>(background),
+                      out.data_ptr<uint8_t>()};
+  rasterize_kernel<<<static_cast<unsigned>(bands), kThreads, 0,
+                     c10::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

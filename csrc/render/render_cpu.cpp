@@ -11,6 +11,7 @@
 
 #include "checks.h"
 #include "render/layout.h"
+#include "render/raster_band.h"
 #include "render/render.h"
 
 namespace clippo {
@@ -235,28 +236,22 @@ at::Tensor rasterize_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets
               "row_offsets must have batch * ", rows, " + 1 entries, got ", row_offsets.numel());
   const int64_t batch = (row_offsets.numel() - 1) / rows;
   check_layout(glyphs, row_offsets, batch * rows);
-  at::Tensor out = at::empty({batch, S, S}, atlas.options());
-  uint8_t* out_ptr = out.data_ptr<uint8_t>();
-  const int32_t* gp = glyphs.data_ptr<int32_t>();
-  const int32_t* rp = row_offsets.data_ptr<int32_t>();
-  const int64_t n = glyphs.size(0);
-  const uint8_t* atlas_ptr = atlas.data_ptr<uint8_t>();
-  const int32_t* cols = glyph_cols.data_ptr<int32_t>();
-  at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      uint8_t* img = out_ptr + b * S * S;
-      std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t lo = std::max<int64_t>(0, rp[b * rows + r]);
-        const int64_t hi = std::min<int64_t>(n, rp[b * rows + r + 1]);
-        for (int64_t k = lo; k < hi; ++k) {
-          int32_t g = gp[2 * k];
-          if (g < 0 || g >= num_glyphs) g = 0;
-          const int32_t x = item_x(gp[2 * k + 1]);
-          if (x >= S) continue;
-          blit_glyph(img, S, atlas_ptr, cell_h, cell_w, cols,
-                     GlyphItem{g, x | static_cast<int32_t>(r * cell_h) << 16});
-        }
+  at::Tensor out = empty_images(batch, S);
+  const BandArgs args{glyphs.data_ptr<int32_t>(), glyphs.size(0), row_offsets.data_ptr<int32_t>(),
+                      glyph_cols.data_ptr<int32_t>(), atlas.data_ptr<uint8_t>(),
+                      static_cast<int32_t>(num_glyphs), cell_h, cell_w, S,
+                      static_cast<int32_t>(rows), static_cast<uint8_t>(background),
+                      out.data_ptr<uint8_t>()};
+  // The CUDA kernel's band algorithm, one band at a time with a single "thread".
+  at::parallel_for(0, batch * rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> colmap(kBandChunk);
+    for (int64_t i = begin; i < end; ++i) {
+      const Band band = band_of(args, i);
+      for (int32_t cx = 0; cx < S; cx += kBandChunk) {
+        const int32_t span = std::min(kBandChunk, S - cx);
+        band_clear(colmap.data(), span, 0, 1);
+        band_claim(args, band, cx, span, colmap.data(), 0, 1);
+        band_write(args, band, cx, span, colmap.data(), 0, 1);
       }
     }
   });
