@@ -214,7 +214,7 @@ def _state_dict_from_npz(model, npz, entries):
     return state
 
 
-def load_big_vision(path, *, render=None, pool_type=None):
+def load_big_vision(path, *, render=None, pool_type=None, device=None):
     """CLIPPO from a big_vision .npz (params/ prefix optional, opt/ entries ignored)."""
     npz, entries = _open_npz(path)
     with npz:
@@ -228,7 +228,7 @@ def load_big_vision(path, *, render=None, pool_type=None):
         model = CLIPPO.from_config(config, device="meta")
         state = _state_dict_from_npz(model, npz, entries)
     model.load_state_dict(state, strict=True, assign=True)
-    return model
+    return model.to(device) if device is not None else model
 
 
 # -- writing ------------------------------------------------------------------------------

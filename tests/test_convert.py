@@ -106,6 +106,10 @@ def test_pickled_object_array_is_refused_without_unpickling(tmp_path, params):
     with pytest.raises(ValueError, match="params/t"):
         CLIPPO.from_big_vision(path)
     assert not marker.exists()
+    # in optimizer state it is skipped, never read
+    params["t"] = np.zeros(1, np.float32)
+    CLIPPO.from_big_vision(_save(tmp_path, params, extra={"opt/evil": obj}))
+    assert not marker.exists()
 
 
 def test_not_a_checkpoint(tmp_path):

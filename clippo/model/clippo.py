@@ -150,10 +150,10 @@ class CLIPPO(nn.Module):
     # -- checkpoints (implemented in clippo.convert) --------------------------------------
 
     @classmethod
-    def from_big_vision(cls, path, *, render=None, pool_type=None):
+    def from_big_vision(cls, path, *, render=None, pool_type=None, device=None):
         """Load a big_vision CLIPPO .npz; the architecture is read off the array shapes."""
         from clippo import convert
-        return convert.load_big_vision(path, render=render, pool_type=pool_type)
+        return convert.load_big_vision(path, render=render, pool_type=pool_type, device=device)
 
     def to_big_vision(self, path):
         """Write a big_vision-layout .npz (keys params/img/..., params/t)."""
