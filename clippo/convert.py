@@ -65,7 +65,8 @@ def _leaves(model):
                 leaf = "kernel"
                 to_torch = lambda a: a.permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
                 to_bv = lambda t: t.permute(2, 3, 1, 0)
-            elif isinstance(mod, nn.Linear) and isinstance(parent_mod, MultiHeadDotProductAttention):
+            elif (isinstance(mod, nn.Linear)
+                  and isinstance(parent_mod, MultiHeadDotProductAttention)):
                 h, dh = parent_mod.num_heads, parent_mod.head_dim
                 if mod_name.endswith(".out"):
                     if pname == "weight":

@@ -80,7 +80,7 @@ def test_extra_key_is_named(tmp_path, params):
 def test_misshaped_key_is_named(tmp_path, params):
     k = "img/MAPHead_0/MultiHeadDotProductAttention_0/value/kernel"
     params[k] = np.zeros((32, 4, 8), np.float32)  # 4 heads where the encoder has 2
-    with pytest.raises(ValueError, match=r"MAPHead_0/MultiHeadDotProductAttention_0/value/kernel.*\(32, 4, 8\)"):
+    with pytest.raises(ValueError, match=r"MAPHead_0/.*/value/kernel.*\(32, 4, 8\)"):
         CLIPPO.from_big_vision(_save(tmp_path, params))
 
 

@@ -234,3 +234,20 @@ def test_factory_pretrained(tmp_path):
     np.testing.assert_allclose(got, bv_embed(params, x), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="does not match"):
         create_model("mu/16", image_size=32, out_dim=16, pretrained=tmp_path / "m.npz")
+
+
+def test_init_follows_big_vision_initialisers():
+    torch.manual_seed(0)
+    vit = ViT(width=256, depth=1, num_heads=4, mlp_dim=512, patch_size=16, image_size=256,
+              num_classes=128)
+    w = vit.embedding.weight  # lecun_normal: std 1/sqrt(fan_in), truncated at 2 std
+    std = 1 / math.sqrt(3 * 16 * 16)
+    assert w.std().item() == pytest.approx(std, rel=0.03)
+    assert w.abs().max().item() <= 2 * std / 0.87962566103423978 + 1e-6
+    assert vit.pos_embedding.std().item() == pytest.approx(1 / 16, rel=0.03)
+    dense = vit.Transformer.encoderblock_0.MlpBlock_0.Dense_0.weight  # xavier_uniform
+    bound = math.sqrt(6 / (256 + 512))
+    assert dense.abs().max().item() <= bound
+    assert dense.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    assert torch.equal(vit.Transformer.encoder_norm.weight, torch.ones(256))
+    assert vit.MAPHead_0.probe.abs().max().item() <= math.sqrt(6 / 257)

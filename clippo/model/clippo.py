@@ -46,7 +46,8 @@ def _render_config(render, image_size):
     if render is None:
         render = {}
     if not isinstance(render, dict):
-        raise ValueError(f"render must be a RenderConfig, a dict or None, got {type(render).__name__}")
+        raise ValueError(f"render must be a RenderConfig, a dict or None, "
+                         f"got {type(render).__name__}")
     side = image_size if isinstance(image_size, int) else image_size[0]
     if not isinstance(image_size, int) and image_size[0] != image_size[1]:
         side = None  # rendered text is square; a non-square model needs an explicit size

@@ -3,14 +3,16 @@
 Module and parameter names mirror big_vision's `models/vit.py` so that every checkpoint leaf
 maps to one torch parameter by a fixed rule (see `clippo.convert`):
 
-    img/embedding/kernel                                    embedding.weight   (Conv2d layout)
-    img/pos_embedding                                       pos_embedding
-    img/Transformer/encoderblock_{i}/LayerNorm_0/scale      Transformer.encoderblock_{i}.LayerNorm_0.weight
-    img/Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0/query/kernel
-                                                            ...MultiHeadDotProductAttention_0.query.weight
-    img/Transformer/encoder_norm/{scale,bias}               Transformer.encoder_norm.{weight,bias}
-    img/MAPHead_0/probe                                     MAPHead_0.probe
-    img/head/{kernel,bias}                                  head.{weight,bias}
+    img/embedding/kernel                     img.embedding.weight   (Conv2d layout)
+    img/pos_embedding                        img.pos_embedding
+    img/Transformer/encoderblock_3/LayerNorm_0/scale
+                                             img.Transformer.encoderblock_3.LayerNorm_0.weight
+    img/Transformer/encoderblock_3/MultiHeadDotProductAttention_0/query/kernel
+                                             img.Transformer.encoderblock_3
+                                                .MultiHeadDotProductAttention_0.query.weight
+    img/Transformer/encoder_norm/scale       img.Transformer.encoder_norm.weight
+    img/MAPHead_0/probe                      img.MAPHead_0.probe
+    img/head/{kernel,bias}                   img.head.{weight,bias}
 
 The patch embedding and every attention call go through `clippo.kernels`, which picks a
 Triton kernel on CUDA and a torch fallback elsewhere.
@@ -130,6 +132,12 @@ class MultiHeadDotProductAttention(nn.Module):
         for dense in (self.query, self.key, self.value, self.out):
             nn.init.xavier_uniform_(dense.weight)
             nn.init.zeros_(dense.bias)
+
+
+def _lecun_normal_(w, fan_in):
+    # flax's lecun_normal: truncated normal (at 2 std), rescaled to variance 1 / fan_in
+    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
 
 def _layer_norm(width):
@@ -252,8 +260,7 @@ class ViT(nn.Module):
     def init_weights(self):
         """big_vision's initialisers (flax defaults where vit.py names none)."""
         w = self.embedding.weight
-        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-        nn.init.trunc_normal_(w, std=1.0 / math.sqrt(fan_in) / 0.87962566103423978)  # lecun_normal
+        _lecun_normal_(w, fan_in=w.shape[1] * w.shape[2] * w.shape[3])
         nn.init.zeros_(self.embedding.bias)
         nn.init.normal_(self.pos_embedding, std=1.0 / math.sqrt(self.width))
         for m in self.modules():
@@ -267,7 +274,7 @@ class ViT(nn.Module):
             bound = math.sqrt(6.0 / (1 + self.width))
             nn.init.uniform_(self.MAPHead_0.probe, -bound, bound)
         if self.head is not None:
-            nn.init.trunc_normal_(self.head.weight, std=1.0 / math.sqrt(self.width) / 0.87962566103423978)
+            _lecun_normal_(self.head.weight, fan_in=self.width)
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x, return_intermediates=False):
