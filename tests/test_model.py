@@ -251,3 +251,30 @@ def test_init_follows_big_vision_initialisers():
     assert dense.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
     assert torch.equal(vit.Transformer.encoder_norm.weight, torch.ones(256))
     assert vit.MAPHead_0.probe.abs().max().item() <= math.sqrt(6 / 257)
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_matches_outputs_of_the_jax_reference(tmp_path):
+    """A small CLIPPO run through big_vision's own flax code (tests/_make_jax_golden.py)."""
+    io = np.load(DATA / "jax_small_io.npz")
+    model = CLIPPO.from_big_vision(DATA / "jax_small.npz")
+    assert (model.img.width, model.img.depth, model.img.patch_size) == (32, 2, 8)
+    with torch.no_grad():
+        zimg, ztxt, scale = model(torch.from_numpy(io["images"]), torch.from_numpy(io["texts"]))
+        raw = model.encode_image(torch.from_numpy(io["images"]), normalize_output=False)
+    # float32 rounding: ~6e-7 on unit vectors, ~1e-6 relative on the head output (|z| ~ 7)
+    np.testing.assert_allclose(zimg.numpy(), io["zimg"], atol=3e-6, rtol=0)
+    np.testing.assert_allclose(ztxt.numpy(), io["ztxt"], atol=3e-6, rtol=0)
+    np.testing.assert_allclose(raw.numpy(), io["img_logits"], atol=3e-5, rtol=1e-5)
+    assert scale.item() == pytest.approx(io["temperature"].item(), rel=1e-6)
+    # and the float64 numpy port used by the other tests agrees with JAX too
+    params = {k[len("params/"):]: v for k, v in np.load(DATA / "jax_small.npz").items()}
+    np.testing.assert_allclose(bv_embed(params, io["images"]), io["zimg"], atol=3e-6, rtol=0)
+    # writing back gives the very arrays big_vision saved
+    model.to_big_vision(tmp_path / "back.npz")
+    with np.load(DATA / "jax_small.npz") as a, np.load(tmp_path / "back.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
