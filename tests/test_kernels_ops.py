@@ -89,6 +89,20 @@ def test_compile_fullgraph(device):
         torch.testing.assert_close(g, ge, rtol=1e-4, atol=1e-6)
 
 
+def test_autocast_casts_like_conv_and_sdpa():
+    """Under autocast the op path computes in the autocast dtype, as conv2d / SDPA do."""
+    images, w, b, pos = (t.detach() for t in patch_samples("cpu")[0])
+    q, k, v = (t.detach() for t in attention_samples("cpu")[0][:3])
+    with K.use_backend("triton" if K.HAS_TRITON else "auto"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = K.patch_embed(images, w, b, pos)
+            a = K.attention(q, k, v)
+    assert x.dtype == a.dtype == torch.bfloat16
+    ref_x = K.patch_embed_ref(images, w.bfloat16(), b.bfloat16(), pos.bfloat16())
+    torch.testing.assert_close(x, ref_x)
+    torch.testing.assert_close(a.float(), K.attention_ref(q, k, v), rtol=0, atol=3e-2)
+
+
 def _python(code, **env):
     return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
                           capture_output=True, text=True, timeout=300)

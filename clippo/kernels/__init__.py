@@ -7,7 +7,8 @@ Public functions (stable signatures; the model calls only these):
         on the fly as x / 255 * 2 - 1 (big_vision's value_range(-1, 1)); any strides, including
         the renderer's stride-0 channel view; weight: [D, C, P, P] (nn.Conv2d layout),
         bias: [D] or None, pos_embed: [N, D] or [1, N, D] or None. Output dtype = weight dtype.
-        Differentiable in weight, bias, pos_embed and float images.
+        Differentiable in weight, bias, pos_embed and float images. Under torch.autocast the
+        float inputs are cast to the autocast dtype (as conv2d would be).
     attention(q, k, v, scale=None) -> [B, H, Lq, Dh]
         non-causal softmax attention, the semantics of F.scaled_dot_product_attention
         (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v.
@@ -19,7 +20,8 @@ CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a bloc
     triton  always the registered ops torch.ops.clippo.* (Triton on CUDA; on the CPU their
             kernels are the torch references); RuntimeError if triton is missing.
     torch   conv2d / F.scaled_dot_product_attention.
-Attention with a head dim above 128 always takes F.scaled_dot_product_attention.
+Inputs the Triton kernels do not take go to the torch path whatever the backend: attention
+with a head dim above 128 or v's head dim != q's, and float64 (both functions).
 
 Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
     clippo::patch_embed(images, weight, bias?, pos_embed?) -> tokens
@@ -29,6 +31,7 @@ Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
 """
 import importlib
 
+import torch
 import torch.nn.functional as F
 
 from ._utils import (BACKENDS, HAS_TRITON, get_backend, set_backend, use_backend,  # noqa: F401
@@ -46,15 +49,29 @@ __all__ = ["patch_embed", "attention", "patch_embed_ref", "attention_ref", "get_
            "set_backend", "use_backend", "BACKENDS", "HAS_TRITON"]
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast(*tensors):
+    """Under torch.autocast, cast the float inputs to the autocast dtype, as autocast does for
+    conv2d and scaled_dot_product_attention (the custom ops have no autocast rule of their own)."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def patch_embed(images, weight, bias, pos_embed=None):
-    if use_ops(images, weight):
-        return _pe.patch_embed_op(images, weight, bias, pos_embed)
+    if weight.dtype in _KERNEL_DTYPES and use_ops(images, weight):
+        return _pe.patch_embed_op(*_autocast(images, weight, bias, pos_embed))
     return _pe.patch_embed_ref(images, weight, bias, pos_embed)
 
 
 def attention(q, k, v, scale=None):
-    if q.shape[-1] <= _attn.MAX_HEAD_DIM and use_ops(q, k, v):
-        return _attn.attention_op(q, k, v, scale)
+    if (q.shape[-1] <= _attn.MAX_HEAD_DIM and v.shape[-1] == q.shape[-1]
+            and q.dtype in _KERNEL_DTYPES and use_ops(q, k, v)):
+        return _attn.attention_op(*_autocast(q, k, v), scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 

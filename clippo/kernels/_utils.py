@@ -123,7 +123,7 @@ def num_sms(device_index=0):
 
 
 def dot_precision(dtype):
-    """tl.dot input_precision: exact fp32 products for fp32 inputs (torch's default does not
-    use TF32 for matmul), the default for fp16/bf16."""
+    """tl.dot input_precision: exact fp32 products ("ieee") for fp32 inputs, as torch's matmul
+    (no TF32 by default); None (Triton's default) for fp16/bf16, where it does not apply."""
     import torch
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return "ieee" if dtype == torch.float32 else None

@@ -126,17 +126,31 @@ if HAS_TRITON:
         keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(lq))]
         return keep or configs[:1]
 
-    _FWD_CONFIGS = _configs([
-        (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
-        (64, 128, 4, 3), (64, 32, 4, 4), (16, 64, 4, 2), (16, 128, 4, 2),
-    ], ("BLOCK_M", "BLOCK_N"))
-    _DKDV_CONFIGS = _configs([
-        (32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 2), (16, 128, 4, 2),
-        (16, 64, 4, 2),
-    ], ("BLOCK_M", "BLOCK_N"))
-    _DQ_CONFIGS = _configs([
-        (64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (16, 64, 4, 2),
-    ], ("BLOCK_M", "BLOCK_N"))
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); "half" = fp16/bf16 on the tensor cores,
+    # "fp32" = exact fp32 products, no tensor cores: smaller tiles or the registers spill.
+    _FWD_CONFIGS = {
+        "half": _configs([
+            (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+            (64, 128, 4, 3), (64, 32, 4, 4), (16, 64, 4, 2), (16, 128, 4, 2),
+        ], ("BLOCK_M", "BLOCK_N")),
+        "fp32": _configs([(32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
+                         ("BLOCK_M", "BLOCK_N")),
+    }
+    _DKDV_CONFIGS = {
+        "half": _configs([
+            (32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 2), (16, 128, 4, 2),
+            (16, 64, 4, 2),
+        ], ("BLOCK_M", "BLOCK_N")),
+        "fp32": _configs([(16, 32, 4, 2), (32, 32, 4, 2), (16, 64, 4, 2)],
+                         ("BLOCK_M", "BLOCK_N")),
+    }
+    _DQ_CONFIGS = {
+        "half": _configs([
+            (64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (16, 64, 4, 2),
+        ], ("BLOCK_M", "BLOCK_N")),
+        "fp32": _configs([(32, 16, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+                         ("BLOCK_M", "BLOCK_N")),
+    }
 
     @triton.jit
     def _attn_fwd_kernel(
@@ -323,13 +337,19 @@ if HAS_TRITON:
         out_off = bh * LQ * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
 
-    _attn_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["LQ", "LK", "HEAD_DIM"],
-                                      prune_configs_by={"early_config_prune": _prune_fwd})(
-                                          _attn_fwd_kernel)
-    _attn_bwd_dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=["LQ", "LK", "HEAD_DIM"])(
-        _attn_bwd_dkdv_kernel)
-    _attn_bwd_dq_tuned = triton.autotune(_DQ_CONFIGS, key=["LQ", "LK", "HEAD_DIM"])(
-        _attn_bwd_dq_kernel)
+    _KEY = ["LQ", "LK", "HEAD_DIM"]
+    _attn_fwd_tuned = {
+        kind: triton.autotune(cfgs, key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})(
+            _attn_fwd_kernel) for kind, cfgs in _FWD_CONFIGS.items()}
+    _attn_bwd_dkdv_tuned = {kind: triton.autotune(cfgs, key=_KEY)(_attn_bwd_dkdv_kernel)
+                            for kind, cfgs in _DKDV_CONFIGS.items()}
+    _attn_bwd_dq_tuned = {kind: triton.autotune(cfgs, key=_KEY)(_attn_bwd_dq_kernel)
+                          for kind, cfgs in _DQ_CONFIGS.items()}
+
+
+def _kind(dtype):
+    return "fp32" if dtype == torch.float32 else "half"
+
 
 # fixed blocks for the CPU interpreter (autotuning there would only cost time)
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 32}
@@ -363,7 +383,7 @@ def attention_fwd(q, k, v, scale=None):
     else:
         def grid(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
-        launcher(_attn_fwd_tuned)[grid](*args, **consts)
+        launcher(_attn_fwd_tuned[_kind(q.dtype)])[grid](*args, **consts)
     return out, lse
 
 
@@ -403,8 +423,8 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
 
         def grid_q(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
-        launcher(_attn_bwd_dkdv_tuned)[grid_kv](*args, dk, dv, *sizes, **consts)
-        launcher(_attn_bwd_dq_tuned)[grid_q](*args, dq, *sizes, **consts)
+        launcher(_attn_bwd_dkdv_tuned[_kind(q.dtype)])[grid_kv](*args, dk, dv, *sizes, **consts)
+        launcher(_attn_bwd_dq_tuned[_kind(q.dtype)])[grid_q](*args, dq, *sizes, **consts)
     return dq, dk, dv
 
 

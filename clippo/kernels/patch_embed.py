@@ -113,16 +113,20 @@ def _check_args(images, weight, bias, pos_embed):
 # --------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
-    def _fwd_configs():
-        cfgs = []
-        for bm, bn, bk, warps, stages in [
-            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 256, 64, 8, 3),
-            (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 3),
-            (256, 128, 64, 8, 3),
-        ]:
-            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                      num_warps=warps, num_stages=stages))
-        return cfgs
+    # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first is the default when
+    # autotuning is off. "fp32" (exact products, no tensor cores) needs smaller tiles.
+    _FWD_CONFIGS = {
+        "half": [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 256, 64, 8, 3),
+                 (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 3),
+                 (256, 128, 64, 8, 3)],
+        "fp32": [(64, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)],
+    }
+
+    def _fwd_configs(kind):
+        return tune_configs([
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                          num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in _FWD_CONFIGS[kind]])
 
     @triton.jit
     def _patch_embed_fwd_kernel(
@@ -188,15 +192,18 @@ if HAS_TRITON:
         o = o_ptr + img[:, None] * sob + tok[:, None] * son + offs_n[None, :] * sod
         tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
-    def _gw_configs():
-        cfgs = []
-        for bd, bk, bm, warps, stages in [
-            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4),
-            (128, 64, 64, 4, 4), (64, 64, 64, 4, 3), (128, 256, 32, 8, 3),
-        ]:
-            cfgs.append(triton.Config({"BLOCK_D": bd, "BLOCK_K": bk, "BLOCK_M": bm},
-                                      num_warps=warps, num_stages=stages))
-        return cfgs
+    # (BLOCK_D, BLOCK_K, BLOCK_M, num_warps, num_stages)
+    _GW_CONFIGS = {
+        "half": [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4),
+                 (128, 64, 64, 4, 4), (64, 64, 64, 4, 3), (128, 256, 32, 8, 3)],
+        "fp32": [(64, 64, 32, 4, 2), (32, 64, 32, 4, 2), (64, 32, 32, 4, 2)],
+    }
+
+    def _gw_configs(kind):
+        return tune_configs([
+            triton.Config({"BLOCK_D": bd, "BLOCK_K": bk, "BLOCK_M": bm},
+                          num_warps=warps, num_stages=stages)
+            for bd, bk, bm, warps, stages in _GW_CONFIGS[kind]])
 
     @triton.jit
     def _patch_embed_grad_weight_kernel(
@@ -246,11 +253,17 @@ if HAS_TRITON:
                + offs_d[:, None].to(tl.int64) * K + offs_k[None, :])
         tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
 
-    _patch_embed_fwd_tuned = triton.autotune(
-        configs=tune_configs(_fwd_configs()), key=["N", "D", "K", "P", "IS_UINT8"])(_patch_embed_fwd_kernel)
-    _patch_embed_grad_weight_tuned = triton.autotune(
-        configs=tune_configs(_gw_configs()), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
-            _patch_embed_grad_weight_kernel)
+    _patch_embed_fwd_tuned = {
+        kind: triton.autotune(configs=_fwd_configs(kind), key=["N", "D", "K", "P", "IS_UINT8"])(
+            _patch_embed_fwd_kernel) for kind in _FWD_CONFIGS}
+    _patch_embed_grad_weight_tuned = {
+        kind: triton.autotune(configs=_gw_configs(kind), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
+            _patch_embed_grad_weight_kernel) for kind in _GW_CONFIGS}
+
+
+def _kind(dtype):
+    return "fp32" if dtype == torch.float32 else "half"
+
 
 # fixed blocks for the CPU interpreter (autotuning there would only cost time)
 _INTERP_FWD = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
@@ -284,7 +297,7 @@ def patch_embed_fwd(images, weight, bias=None, pos_embed=None):
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),)
-        launcher(_patch_embed_fwd_tuned)[grid](*args, **consts)
+        launcher(_patch_embed_fwd_tuned[_kind(weight.dtype)])[grid](*args, **consts)
     return out
 
 
@@ -322,7 +335,7 @@ def patch_embed_grad_weight(images, grad_out, patch):
     else:
         def grid(meta):
             return (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split)
-        launcher(_patch_embed_grad_weight_tuned)[grid](*args, **consts)
+        launcher(_patch_embed_grad_weight_tuned[_kind(grad_out.dtype)])[grid](*args, **consts)
     return part.sum(0).reshape(d, c, patch, patch).to(grad_out.dtype)
 
 

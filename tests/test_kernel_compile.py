@@ -1,0 +1,201 @@
+"""GPU readiness without a GPU: compile every Triton kernel ahead of time for Hopper (sm_90,
+through Triton's bundled ptxas) with the argument specialisation a real launch would get, and
+check shared memory, registers and spills.
+
+The launchers are called on `meta` tensors with the launch intercepted, so the kernels are
+compiled with exactly the arguments, dtypes and constexprs that the real launchers pass. By
+default only each kernel's first (default) config is compiled; CLIPPO_COMPILE_ALL=1 compiles
+every autotune config. Also a script: `python tests/test_kernel_compile.py [--all]` prints
+a table. Runs in a subprocess without TRITON_INTERPRET (the interpreter replaces the compiler).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+HOPPER_SMEM = 232448  # bytes of shared memory a block may use on H100/H200 (227 KiB)
+
+
+def _cases():
+    """(label, launcher, args builder) for every kernel launch the library makes."""
+    import torch
+    meta = "meta"
+
+    def patch(dtype, uint8):
+        def build():
+            if uint8:
+                x = torch.empty(8, 1, 224, 224, dtype=torch.uint8, device=meta).expand(8, 3, 224, 224)
+            else:
+                x = torch.empty(8, 3, 224, 224, dtype=dtype, device=meta)
+            w = torch.empty(768, 3, 16, 16, dtype=dtype, device=meta)
+            b = torch.empty(768, dtype=dtype, device=meta)
+            pos = torch.empty(1, 196, 768, dtype=dtype, device=meta)
+            return x, w, b, pos
+        return build
+
+    def attn(dtype, lq, lk, dh):
+        def build():
+            q = torch.empty(8, 12, lq, dh, dtype=dtype, device=meta)
+            k = torch.empty(8, 12, lk, dh, dtype=dtype, device=meta)
+            return q, k, k.clone()
+        return build
+
+    cases = []
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).split(".")[-1]
+        for uint8 in (True, False):
+            cases.append((f"patch_embed {name} {'uint8' if uint8 else 'float'}", "patch",
+                          patch(dtype, uint8)))
+        for dh in (64, 128):
+            cases.append((f"attention {name} Dh={dh}", "attention", attn(dtype, 197, 197, dh)))
+    return cases
+
+
+def _capture(pe, at, torch):
+    """Patch the modules' `launcher` so a launch records (kernel, args, kwargs) instead."""
+    calls = []
+
+    class Capture:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def call(*args, **kwargs):
+                calls.append((self.kernel, args, kwargs))
+            return call
+
+    pe.launcher = at.launcher = Capture
+    return calls
+
+
+def _signature(fn, args, kwargs, cfg):
+    """What JITFunction specialisation would produce for these arguments (ints equal to 1 are
+    constants, ints and pointers divisible by 16 get the divisibility hint)."""
+    import torch
+    from triton.compiler import ASTSource
+    names = fn.arg_names
+    sig, consts, attrs = {}, {}, {}
+    bound = dict(zip(names, args), **kwargs, **cfg)
+    for i, name in enumerate(names):
+        v = bound[name]
+        is_constexpr = i in [p.num for p in fn.params if p.is_constexpr]
+        if is_constexpr or v is None:
+            sig[name] = "constexpr"
+            consts[name] = v
+        elif isinstance(v, torch.Tensor):
+            ty = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
+                  torch.uint8: "u8"}[v.dtype]
+            sig[name] = "*" + ty
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:
+                sig[name] = "constexpr"
+                consts[name] = 1
+                continue
+            sig[name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"{name}: {type(v)}")
+    return ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+
+
+def compile_all(all_configs):
+    import importlib
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.autotuner import Autotuner
+
+    pe = importlib.import_module("clippo.kernels.patch_embed")
+    at = importlib.import_module("clippo.kernels.attention")
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    target = GPUTarget("cuda", 90, 32)
+    calls = _capture(pe, at, torch)
+    for label, kind, build in _cases():
+        start = len(calls)
+        if kind == "patch":
+            x, w, b, pos = build()
+            out = pe.patch_embed_fwd(x, w, b, pos)
+            pe.patch_embed_grad_weight(x, out, 16)
+        else:
+            q, k, v = build()
+            out, lse = at.attention_fwd(q, k, v)
+            at.attention_bwd(out, q, k, v, out, lse)
+        for kernel, args, kwargs in calls[start:]:
+            if isinstance(kernel, Autotuner):
+                configs = kernel.configs if all_configs else kernel.configs[:1]
+                fn = kernel.fn
+            else:
+                configs, fn = [triton.Config({}, num_warps=4, num_stages=2)], kernel
+            for cfg in configs:
+                src = _signature(fn, args, kwargs, cfg.kwargs)
+                row = {"case": label, "kernel": fn.__name__.strip("_"),
+                       "config": ",".join(f"{k}={v}" for k, v in cfg.kwargs.items()),
+                       "warps": cfg.num_warps, "stages": cfg.num_stages}
+                try:
+                    ck = triton.compile(src, target=target, options={
+                        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                except Exception as e:  # reported, the test fails on it
+                    row["error"] = repr(e)[:500]
+                    yield row
+                    continue
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(ck.asm["cubin"])
+                    f.flush()
+                    res = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
+                                         capture_output=True, text=True).stdout
+                m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+                row.update(regs=int(m.group(1)) if m else None,
+                           stack=int(m.group(2)) if m else None, shared=ck.metadata.shared)
+                yield row
+
+
+def _nvidia_backend_present():
+    try:
+        import triton
+    except ImportError:
+        return False
+    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
+                                       "bin", "cuobjdump"))
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="triton without its NVIDIA backend")
+def test_kernels_compile_for_hopper():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CLIPPO_AUTOTUNE"] = "1"  # all configs present; the script picks the first by default
+    proc = subprocess.run([sys.executable, __file__, "--json"]
+                          + (["--all"] if os.environ.get("CLIPPO_COMPILE_ALL") == "1" else []),
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rows, "no kernel was compiled"
+    kernels = {r["kernel"] for r in rows}
+    assert {"patch_embed_fwd_kernel", "patch_embed_grad_weight_kernel", "attn_fwd_kernel",
+            "attn_bwd_delta_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"} <= kernels
+    errors = [r for r in rows if "error" in r]
+    assert not errors, errors
+    for r in rows:
+        assert r["shared"] <= HOPPER_SMEM, r
+        assert r["stack"] == 0, f"register spills in a default config: {r}"
+
+
+if __name__ == "__main__":
+    assert not os.environ.get("TRITON_INTERPRET"), "unset TRITON_INTERPRET to compile"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rows = list(compile_all("--all" in sys.argv))
+    if "--json" in sys.argv:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(r)
