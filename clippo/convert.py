@@ -96,49 +96,91 @@ def _bv_shape(leaf, param):
 
 # -- reading a big_vision checkpoint ------------------------------------------------------
 
-def _open_npz(path):
-    """The model arrays of a big_vision .npz as {path without "params/": lazy loader}."""
-    try:
-        npz = np.load(path, allow_pickle=False)  # never unpickle a checkpoint
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path} as a .npz checkpoint: {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not a .npz checkpoint")
-    entries = {}
-    for key in npz.files:
-        if key == "opt" or key.startswith("opt/"):
-            continue  # optimizer state
-        name = key[len("params/"):] if key.startswith("params/") else key
-        if name in entries:
-            raise ValueError(f"checkpoint has both {name!r} and 'params/{name}'")
-        entries[name] = key
-    return npz, entries
+_SCANNED = "img/Transformer/encoderblock/"
 
 
-def _read(npz, key):
-    try:
-        arr = npz[key]
-    except ValueError as e:  # object arrays are refused by allow_pickle=False
-        raise ValueError(f"checkpoint entry {key!r} cannot be loaded without unpickling "
-                         f"(refused): {e}") from None
-    if arr.dtype.kind != "f":
-        raise ValueError(f"checkpoint entry {key!r} has dtype {arr.dtype}, expected floats")
-    if arr.dtype != np.float32:  # also fixes a non-native byte order
-        arr = arr.astype(np.float32)
-    return arr
+class _Checkpoint:
+    """The model arrays of a big_vision .npz, by path without "params/", read on demand.
 
+    opt/ entries (optimizer state) are skipped unread. A scanned encoder (big_vision's
+    scan=True: img/Transformer/encoderblock/... stacked on a leading depth axis) is presented
+    as encoderblock_{i} leaves, each a view into the stacked array.
+    """
 
-def _shape(npz, key):
-    """Array shape from the .npy header, without reading the data."""
-    from numpy.lib import format as npformat
-    member = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
-    with npz.zip.open(member) as f:
-        version = npformat.read_magic(f)
-        if version == (1, 0):
-            shape, _, _ = npformat.read_array_header_1_0(f)
+    def __init__(self, path):
+        try:
+            npz = np.load(path, allow_pickle=False)  # never unpickle a checkpoint
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {path} as a .npz checkpoint: {e}") from e
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single array, not a .npz checkpoint")
+        self.npz, self._stacked = npz, {}
+        self.entries = {}  # name -> (npz key, index into the scan axis or None)
+        members = set(npz.zip.namelist())
+        self._member = {k: k + ".npy" if k + ".npy" in members else k for k in npz.files}
+        for key in npz.files:
+            if key == "opt" or key.startswith("opt/"):
+                continue
+            name = key[len("params/"):] if key.startswith("params/") else key
+            if name.startswith(_SCANNED):
+                rest = name[len(_SCANNED):]
+                shape = self._header(key)
+                if not shape:
+                    raise ValueError(f"scanned checkpoint entry {key!r} has no layer axis")
+                names = [(f"img/Transformer/encoderblock_{i}/{rest}", (key, i))
+                         for i in range(shape[0])]
+            else:
+                names = [(name, (key, None))]
+            for n, where in names:
+                if n in self.entries:
+                    raise ValueError(f"checkpoint holds {n!r} twice ({self.entries[n][0]!r} "
+                                     f"and {key!r})")
+                self.entries[n] = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stacked.clear()
+        self.npz.close()
+
+    def key(self, name):
+        key, i = self.entries[name]
+        return key if i is None else f"{key}[{i}]"
+
+    def _header(self, key):
+        """Array shape from the .npy header, without reading the data."""
+        from numpy.lib import format as npformat
+        with self.npz.zip.open(self._member[key]) as f:
+            version = npformat.read_magic(f)
+            read = (npformat.read_array_header_1_0 if version == (1, 0)
+                    else npformat.read_array_header_2_0)
+            shape, _, _ = read(f)
+        return tuple(shape)
+
+    def shape(self, name):
+        key, i = self.entries[name]
+        shape = self._header(key)
+        return shape if i is None else shape[1:]
+
+    def read(self, name):
+        key, i = self.entries[name]
+        if key in self._stacked:
+            arr = self._stacked[key]
         else:
-            shape, _, _ = npformat.read_array_header_2_0(f)
-    return tuple(shape)
+            try:
+                arr = self.npz[key]
+            except ValueError as e:  # object arrays are refused by allow_pickle=False
+                raise ValueError(f"checkpoint entry {key!r} cannot be loaded without "
+                                 f"unpickling (refused): {e}") from None
+            if arr.dtype.kind != "f":
+                raise ValueError(f"checkpoint entry {key!r} has dtype {arr.dtype}, "
+                                 f"expected floats")
+            if arr.dtype != np.float32:  # also fixes a non-native byte order
+                arr = arr.astype(np.float32)
+            if i is not None:
+                self._stacked[key] = arr  # read once, sliced per layer
+        return arr if i is None else arr[i]
 
 
 def _need(entries, name):
@@ -147,9 +189,13 @@ def _need(entries, name):
     return entries[name]
 
 
-def infer_config(npz, entries, pool_type=None):
+def infer_config(ckpt, pool_type=None):
     """The CLIPPO config (as `model.config`) implied by the checkpoint's array shapes."""
-    shape = lambda name: _shape(npz, _need(entries, name))
+    entries = ckpt.entries
+
+    def shape(name):
+        _need(entries, name)
+        return ckpt.shape(name)
     p0, p1, c, width = _checked(shape("img/embedding/kernel"), 4, "img/embedding/kernel")
     if p0 != p1 or c != 3:
         raise ValueError(f"img/embedding/kernel has shape {(p0, p1, c, width)}; expected "
@@ -162,9 +208,6 @@ def infer_config(npz, entries, pool_type=None):
     while f"img/Transformer/encoderblock_{depth}/LayerNorm_0/scale" in entries:
         depth += 1
     if depth == 0:
-        if any(e.startswith("img/Transformer/encoderblock/") for e in entries):
-            raise ValueError("scanned checkpoints (img/Transformer/encoderblock/...) are not "
-                             "supported; unstack the layers first")
         _need(entries, "img/Transformer/encoderblock_0/LayerNorm_0/scale")
     blk = "img/Transformer/encoderblock_0"
     _, heads, head_dim = _checked(shape(f"{blk}/MultiHeadDotProductAttention_0/query/kernel"), 3,
@@ -191,8 +234,9 @@ def _checked(shape, ndim, name):
     return shape
 
 
-def _state_dict_from_npz(model, npz, entries):
+def _state_dict_from_checkpoint(model, ckpt):
     """{torch name: tensor} for `model`, checking that keys and shapes match exactly."""
+    entries = ckpt.entries
     leaves = _leaves(model)
     params = dict(model.named_parameters())
     expected = {leaf.bv_path for leaf in leaves}
@@ -203,31 +247,31 @@ def _state_dict_from_npz(model, npz, entries):
                        + ", ".join(f"params/{m}" for m in missing[:10]))
     if extra:
         raise ValueError(f"checkpoint has {len(extra)} entries this model does not use: "
-                         + ", ".join(entries[e] for e in extra[:10]))
+                         + ", ".join(ckpt.key(e) for e in extra[:10]))
     state = {}
     for leaf in leaves:
-        key = entries[leaf.bv_path]
         want = _bv_shape(leaf, params[leaf.torch_name])
-        got = _shape(npz, key)
+        got = ckpt.shape(leaf.bv_path)
         if got != want:
-            raise ValueError(f"checkpoint entry {key!r} has shape {got}, expected {want}")
-        state[leaf.torch_name] = leaf.to_torch(torch.from_numpy(_read(npz, key)))
+            raise ValueError(f"checkpoint entry {ckpt.key(leaf.bv_path)!r} has shape {got}, "
+                             f"expected {want}")
+        state[leaf.torch_name] = leaf.to_torch(torch.from_numpy(ckpt.read(leaf.bv_path)))
     return state
 
 
 def load_big_vision(path, *, render=None, pool_type=None, device=None):
-    """CLIPPO from a big_vision .npz (params/ prefix optional, opt/ entries ignored)."""
-    npz, entries = _open_npz(path)
-    with npz:
-        config = infer_config(npz, entries, pool_type)
+    """CLIPPO from a big_vision .npz (params/ prefix optional, opt/ entries ignored,
+    scanned or unscanned encoder)."""
+    with _Checkpoint(path) as ckpt:
+        config = infer_config(ckpt, pool_type)
         if config["out_dim"] is None:
             raise KeyError("checkpoint is missing 'params/img/head/kernel': a CLIPPO model "
                            "projects to out_dim with a Dense head")
-        _need(entries, "t")
+        _need(ckpt.entries, "t")
         if render is not None:
             config["render"] = render
         model = CLIPPO.from_config(config, device="meta")
-        state = _state_dict_from_npz(model, npz, entries)
+        state = _state_dict_from_checkpoint(model, ckpt)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device) if device is not None else model
 

@@ -7,7 +7,8 @@ Not part of the test run (it needs jax, flax and a big_vision checkout). Run as
 with big_vision/models/vit.py and models/proj/clippo/one_tower.py from the reference repo;
 big_vision/utils.py and models/common.py may be empty stubs (only the model classes are used).
 Writes jax_small.npz (the checkpoint, big_vision layout, as np.savez of "params/..." names)
-and jax_small_io.npz (uint8 NCHW inputs and the float32 outputs JAX computed for them).
+and jax_small_io.npz (uint8 NCHW inputs and the float32 outputs JAX computed for them), and
+the same for a scanned encoder (jax_small_scan*.npz).
 """
 import sys
 from pathlib import Path
@@ -24,10 +25,8 @@ CONFIG = dict(width=32, depth=2, mlp_dim=48, num_heads=2, patch_size=(8, 8), poo
 OUT_DIM, IMAGE = 24, 32
 
 
-def main(out_dir):
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = one_tower.Model(image=CONFIG, out_dim=OUT_DIM)
+def make(out_dir, name, config):
+    model = one_tower.Model(image=config, out_dim=OUT_DIM)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 3, IMAGE, IMAGE), dtype=np.uint8)  # NCHW, as torch
     texts = rng.integers(0, 256, (3, 3, IMAGE, IMAGE), dtype=np.uint8)
@@ -40,15 +39,23 @@ def main(out_dir):
             for k, v in flat.items()}
     params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     zimg, ztxt, out = model.apply({"params": params}, to_jax(images), to_jax(texts))
-    with open(out_dir / "jax_small.npz", "wb") as f:
+    with open(out_dir / f"{name}.npz", "wb") as f:
         np.savez(f, **{f"params/{k}": v for k, v in flat.items()})
-    with open(out_dir / "jax_small_io.npz", "wb") as f:
+    with open(out_dir / f"{name}_io.npz", "wb") as f:
         np.savez(f, images=images, texts=texts, zimg=np.asarray(zimg), ztxt=np.asarray(ztxt),
                  temperature=np.asarray(out["t"]),
                  img_pre_logits=np.asarray(out["img/pre_logits"]),
                  img_logits=np.asarray(out["img/logits"]))
     n = sum(v.size for v in flat.values())
-    print(f"wrote {out_dir}/jax_small.npz ({len(flat)} leaves, {n} parameters)")
+    print(f"wrote {out_dir}/{name}.npz ({len(flat)} leaves, {n} parameters)")
+
+
+def main(out_dir):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    make(out_dir, "jax_small", CONFIG)
+    # scan=True stacks the blocks on a leading axis under Transformer/encoderblock/
+    make(out_dir, "jax_small_scan", {**CONFIG, "scan": True})
 
     # The B/16 layout, from shapes only: leaf count and parameter count for the facts file.
     b16 = one_tower.Model(image=dict(variant="B/16", pool_type="map", head_zeroinit=False),

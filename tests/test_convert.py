@@ -216,3 +216,21 @@ def test_variant_name_in_config(tmp_path):
     with torch.device("meta"):
         assert CLIPPO("B/16").config["variant"] == "B/16"
         assert CLIPPO("B/16", depth=3).config["variant"] is None
+
+
+def test_scanned_checkpoint_errors_name_the_stacked_key(tmp_path):
+    import pathlib
+    data = pathlib.Path(__file__).parent / "data" / "jax_small_scan.npz"
+    with np.load(data) as z:
+        arrays = {k: z[k] for k in z.files}
+    k = "params/img/Transformer/encoderblock/MlpBlock_0/Dense_1/bias"
+    arrays[k] = np.concatenate([arrays[k], arrays[k][:1]])  # 3 layers where the rest have 2
+    with open(tmp_path / "s.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=r"encoderblock/MlpBlock_0/Dense_1/bias\[2\]"):
+        CLIPPO.from_big_vision(tmp_path / "s.npz")
+    arrays[k] = arrays[k][:2, :5]
+    with open(tmp_path / "s.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=r"encoderblock/MlpBlock_0/Dense_1/bias\[0\].*\(5,\)"):
+        CLIPPO.from_big_vision(tmp_path / "s.npz")

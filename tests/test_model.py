@@ -256,10 +256,12 @@ def test_init_follows_big_vision_initialisers():
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
 
-def test_matches_outputs_of_the_jax_reference(tmp_path):
-    """A small CLIPPO run through big_vision's own flax code (tests/_make_jax_golden.py)."""
-    io = np.load(DATA / "jax_small_io.npz")
-    model = CLIPPO.from_big_vision(DATA / "jax_small.npz")
+@pytest.mark.parametrize("name", ["jax_small", "jax_small_scan"])
+def test_matches_outputs_of_the_jax_reference(tmp_path, name):
+    """A small CLIPPO run through big_vision's own flax code (tests/_make_jax_golden.py);
+    jax_small_scan has the blocks stacked on a layer axis (scan=True)."""
+    io = np.load(DATA / f"{name}_io.npz")
+    model = CLIPPO.from_big_vision(DATA / f"{name}.npz")
     assert (model.img.width, model.img.depth, model.img.patch_size) == (32, 2, 8)
     with torch.no_grad():
         zimg, ztxt, scale = model(torch.from_numpy(io["images"]), torch.from_numpy(io["texts"]))
@@ -269,12 +271,23 @@ def test_matches_outputs_of_the_jax_reference(tmp_path):
     np.testing.assert_allclose(ztxt.numpy(), io["ztxt"], atol=3e-6, rtol=0)
     np.testing.assert_allclose(raw.numpy(), io["img_logits"], atol=3e-5, rtol=1e-5)
     assert scale.item() == pytest.approx(io["temperature"].item(), rel=1e-6)
-    # and the float64 numpy port used by the other tests agrees with JAX too
-    params = {k[len("params/"):]: v for k, v in np.load(DATA / "jax_small.npz").items()}
-    np.testing.assert_allclose(bv_embed(params, io["images"]), io["zimg"], atol=3e-6, rtol=0)
-    # writing back gives the very arrays big_vision saved
+    # writing back gives the very arrays big_vision saved (unscanned: one entry per layer)
     model.to_big_vision(tmp_path / "back.npz")
-    with np.load(DATA / "jax_small.npz") as a, np.load(tmp_path / "back.npz") as b:
-        assert sorted(a.files) == sorted(b.files)
+    with np.load(DATA / f"{name}.npz") as a, np.load(tmp_path / "back.npz") as b:
+        back = {k: b[k] for k in b.files}
         for k in a.files:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            if "/encoderblock/" in k:
+                for i, layer in enumerate(a[k]):
+                    np.testing.assert_array_equal(
+                        layer, back.pop(k.replace("/encoderblock/", f"/encoderblock_{i}/")))
+            else:
+                np.testing.assert_array_equal(a[k], back.pop(k), err_msg=k)
+        assert not back
+    # and the float64 numpy port used by the other tests agrees with JAX too
+    params = {k[len("params/"):]: v for k, v in back_params(tmp_path / "back.npz").items()}
+    np.testing.assert_allclose(bv_embed(params, io["images"]), io["zimg"], atol=3e-6, rtol=0)
+
+
+def back_params(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
