@@ -110,7 +110,7 @@ class _Checkpoint:
     def __init__(self, path):
         try:
             npz = np.load(path, allow_pickle=False)  # never unpickle a checkpoint
-        except (OSError, ValueError) as e:
+        except (ValueError, EOFError) as e:  # a missing file stays FileNotFoundError
             raise ValueError(f"cannot read {path} as a .npz checkpoint: {e}") from e
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError(f"{path} holds a single array, not a .npz checkpoint")
@@ -332,7 +332,10 @@ def load_pretrained(directory, device=None):
     config = json.loads((directory / CONFIG_NAME).read_text())
     if not isinstance(config, dict):
         raise ValueError(f"{directory / CONFIG_NAME} must hold a JSON object")
-    model = CLIPPO.from_config(config, device="meta")
+    try:
+        model = CLIPPO.from_config(config, device="meta")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{directory / CONFIG_NAME}: {e}") from None
     params = dict(model.named_parameters())
     with safe_open(directory / WEIGHTS_NAME, framework="pt", device=str(device or "cpu")) as f:
         keys = set(f.keys())

@@ -234,3 +234,22 @@ def test_scanned_checkpoint_errors_name_the_stacked_key(tmp_path):
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match=r"encoderblock/MlpBlock_0/Dense_1/bias\[0\].*\(5,\)"):
         CLIPPO.from_big_vision(tmp_path / "s.npz")
+
+
+def test_bad_files(tmp_path, params):
+    with pytest.raises(FileNotFoundError):
+        CLIPPO.from_big_vision(tmp_path / "nowhere.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npz"):
+        CLIPPO.from_big_vision(tmp_path / "empty.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="single array"):
+        CLIPPO.from_big_vision(tmp_path / "one.npy")
+    model = CLIPPO.from_big_vision(_save(tmp_path, params))
+    model.save_pretrained(tmp_path / "sp")
+    cfg = json.loads((tmp_path / "sp" / "config.json").read_text())
+    (tmp_path / "sp" / "config.json").write_text(json.dumps({**cfg, "colour": "red"}))
+    with pytest.raises(ValueError, match="config.json.*colour"):
+        CLIPPO.from_pretrained(tmp_path / "sp")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CLIPPO.from_pretrained(tmp_path)
