@@ -109,6 +109,24 @@ def test_encode_text_renders_then_uses_the_same_tower(small):
         model._renderers.clear()
 
 
+def test_render_and_encode_passes_uint8_to_the_kernel(small, monkeypatch):
+    from clippo.model import vit
+    _, model = small
+    seen = []
+    real = vit.kernels.patch_embed
+
+    def spy(images, *args):
+        seen.append(images.dtype)
+        return real(images, *args)
+    monkeypatch.setattr(vit.kernels, "patch_embed", spy)
+    model._renderers[model.device] = _FakeRenderer(32)
+    try:
+        render_and_encode(model, ["x", "yy"])
+    finally:
+        model._renderers.clear()
+    assert seen == [torch.uint8]  # no float copy of the text images on the way
+
+
 def test_encode_text_with_real_renderer():
     pytest.importorskip("clippo._C", reason="compiled extension not built")
     TextRenderer = pytest.importorskip("clippo.text.render").TextRenderer
