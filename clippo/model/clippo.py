@@ -12,29 +12,7 @@ import torch
 from torch import nn
 
 from clippo.model.vit import ViT, variant_name
-
-
-def _import_render_config():
-    # clippo/text/__init__.py imports the renderer, which needs the compiled extension; the
-    # model must work without it, so fall back to loading config.py on its own (registered
-    # under its real name, so a later `import clippo.text` reuses the same class).
-    try:
-        from clippo.text.config import RenderConfig
-        return RenderConfig
-    except ImportError:
-        import importlib.util
-        import pathlib
-        import sys
-        if "clippo.text.config" not in sys.modules:
-            path = pathlib.Path(__file__).resolve().parents[1] / "text" / "config.py"
-            spec = importlib.util.spec_from_file_location("clippo.text.config", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["clippo.text.config"] = module
-            spec.loader.exec_module(module)
-        return sys.modules["clippo.text.config"].RenderConfig
-
-
-RenderConfig = _import_render_config()
+from clippo.text.config import RenderConfig  # config only: no compiled extension needed
 
 EMBED_EPS = 1e-8  # z / (||z|| + eps), as one_tower.py
 
