@@ -120,12 +120,6 @@ if HAS_TRITON:
         return tune_configs([triton.Config(dict(zip(names, (bm, bn))), num_warps=w, num_stages=s)
                              for bm, bn, w, s in pairs])
 
-    def _prune_fwd(configs, named_args, **kwargs):
-        # Lq = 1 (MAP head) or short queries: no point in 128-row tiles
-        lq = named_args["LQ"]
-        keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(lq))]
-        return keep or configs[:1]
-
     # (BLOCK_M, BLOCK_N, num_warps, num_stages); "half" = fp16/bf16 on the tensor cores,
     # "fp32" = exact fp32 products, no tensor cores: smaller tiles or the registers spill.
     # The first of each list (the default without autotuning) compiles for sm_90 without
@@ -342,8 +336,8 @@ if HAS_TRITON:
 
     _KEY = ["LQ", "LK", "HEAD_DIM"]
     _attn_fwd_tuned = {
-        kind: triton.autotune(cfgs, key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})(
-            _attn_fwd_kernel) for kind, cfgs in _FWD_CONFIGS.items()}
+        kind: triton.autotune(cfgs, key=_KEY)(_attn_fwd_kernel)
+        for kind, cfgs in _FWD_CONFIGS.items()}
     _attn_bwd_dkdv_tuned = {kind: triton.autotune(cfgs, key=_KEY)(_attn_bwd_dkdv_kernel)
                             for kind, cfgs in _DKDV_CONFIGS.items()}
     _attn_bwd_dq_tuned = {kind: triton.autotune(cfgs, key=_KEY)(_attn_bwd_dq_kernel)
