@@ -11,6 +11,9 @@ attention: clippo's flash kernel vs F.scaled_dot_product_attention with its best
 the shape (each of flash / efficient / cudnn / math is timed under sdpa_kernel, the fastest
 kept and named), at ViT-B/16 shapes (196/197 tokens, 12 heads, head dim 64), 576 tokens,
 head dim 128, and the MAP head's single query; forward and forward+backward.
+
+The first run on a machine autotunes every kernel for each shape key (compiles included): about
+2-3 minutes in all on an H200 host; --quick (one batch, one attention shape) is ~4x faster.
     flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
 
 Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
@@ -230,9 +233,10 @@ def main(argv=None):
         rows += bench_patch(batches, device, patch_providers(K.HAS_TRITON), args.reps)
         torch.cuda.empty_cache()
     if args.only in (None, "attention"):
-        shapes = [(256, 12, 197, 197, 64)] if args.quick else [
-            (256, 12, 196, 196, 64), (256, 12, 197, 197, 64), (1024, 12, 197, 197, 64),
-            (64, 12, 576, 576, 64), (128, 6, 197, 197, 128), (64, 6, 576, 576, 128),
+        # CLIPPO has no class token: 196 tokens; 197 (ragged blocks) for class-token ViTs
+        shapes = [(256, 12, 196, 196, 64)] if args.quick else [
+            (256, 12, 196, 196, 64), (1024, 12, 196, 196, 64), (256, 12, 197, 197, 64),
+            (64, 12, 576, 576, 64), (64, 6, 576, 576, 128),
             (1024, 12, 1, 196, 64),  # MAP head
         ]
         rows += bench_attention(shapes, device, K.HAS_TRITON, args.reps)

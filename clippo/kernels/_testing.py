@@ -38,7 +38,10 @@ else:
     WHY_NOT = ""
 
 needs_triton = pytest.mark.skipif(not TRITON_HERE, reason=WHY_NOT)
-needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (bf16 / full-size shapes)")
+# the project's `gpu` marker (pytest.ini) also makes `pytest -k "cuda or gpu"` (the GPU
+# session script) select these
+needs_gpu = [pytest.mark.gpu,
+             pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (bf16 / full-size shapes)")]
 
 # Float dtypes the Triton tier runs: the interpreter multiplies bf16 by its raw bits in tl.dot,
 # so bf16 only on a GPU.
