@@ -4,6 +4,7 @@ atlas disk cache, and custom Unifont .hex files with hand-drawn glyphs."""
 import gzip
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -232,7 +233,7 @@ CORRUPTIONS = {
     "empty": lambda good: b"",
     "bit_flip": _bit_flip,
 }
-XFAIL_CACHE = pytest.mark.xfail(strict=True, reason=(
+XFAIL_CACHE = pytest.mark.xfail(strict=True, raises=(zipfile.BadZipFile, EOFError), reason=(
     "BUG clippo/text/atlas.py load_freetype_atlas: reading the cache catches only "
     "(OSError, ValueError, KeyError); a truncated or bit-flipped .npz raises "
     "zipfile.BadZipFile and an empty one EOFError, so a damaged cache entry is fatal "
@@ -363,3 +364,31 @@ def test_custom_hex_errors(tmp_path):
     good.write_text(f"0041:{hex_rows(BAR)}\n")
     with pytest.raises(FontError):
         clippo.TextRenderer(font=good, upper_font=ttf_upper)
+
+
+@pytest.mark.xfail(strict=True, raises=FontError, reason=(
+    "BUG clippo/text/atlas.py load_atlas: `font` is expanded only if Path(font).exists(), "
+    "which is checked before expanduser, so font='~/x.hex' raises FontError('font file not "
+    "found: ~/x.hex') although upper_font='~/x.hex' (expanded unconditionally) works"))
+def test_font_path_with_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.hex").write_text(f"0041:{hex_rows(BAR)}\n")
+    want = clippo.TextRenderer(font=tmp_path / "mine.hex", lower=False)(["A"])
+    assert torch.equal(clippo.TextRenderer(font="~/mine.hex", lower=False)(["A"]), want)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG clippo/text/render.py TextRenderer.__init__: _host_tables is lru-cached on the font "
+    "string as given (self.font = str(font), not resolved), so after os.chdir the same "
+    "relative name returns the previous directory's atlas"))
+def test_relative_font_paths_follow_the_working_directory(tmp_path, monkeypatch):
+    for name, rows in (("a", BAR), ("b", LINE[:8] + [0xFF] * 8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rel.hex").write_text(f"0041:{hex_rows([v & 0xFF for v in rows])}\n")
+    monkeypatch.chdir(tmp_path / "a")
+    first = clippo.TextRenderer(font="rel.hex", lower=False)(["A"])
+    monkeypatch.chdir(tmp_path / "b")
+    second = clippo.TextRenderer(font="rel.hex", lower=False)(["A"])
+    want = clippo.TextRenderer(font=tmp_path / "b" / "rel.hex", lower=False)(["A"])
+    assert not torch.equal(first, want)
+    assert torch.equal(second, want)

@@ -405,7 +405,7 @@ def test_rasterize_glyph_ids_out_of_range_draw_nothing(args):
     assert (img == 127).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "BUG csrc/render/render_cpu.cpp layout_text_cpu: num_glyphs = glyph_cols.size(0) is never "
     "checked >= 1; layout_string maps every glyph to 0 and reads glyph_cols[0] of an empty "
     "tensor (null data pointer): SIGSEGV instead of a RuntimeError"))
