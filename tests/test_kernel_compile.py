@@ -204,12 +204,14 @@ def trace_cuda_path():
 
 
 def _nvidia_backend_present():
-    try:
-        import triton
-    except ImportError:
+    # without importing triton here: the interpreter-tier test modules in the same pytest
+    # process need TRITON_INTERPRET=1 set before triton's first import
+    import importlib.util
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
         return False
-    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
-                                       "bin", "cuobjdump"))
+    root = list(spec.submodule_search_locations)[0]
+    return os.path.exists(os.path.join(root, "backends", "nvidia", "bin", "cuobjdump"))
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="triton without its NVIDIA backend")

@@ -21,12 +21,25 @@ ON_GPU = DEVICE == "cuda" and not interpreting()
 
 
 def _kernels_interpreted():
-    if not HAS_TRITON:
+    """Whether Triton kernels run on CPU tensors in this process: a tiny kernel that uses the
+    language's own jit helpers must run (if triton was imported before TRITON_INTERPRET=1 was
+    set, those helpers are compiled-mode functions and the interpreter fails on them)."""
+    if not HAS_TRITON or not interpreting():
         return False
-    from triton.runtime.interpreter import InterpretedFunction
+    import triton
+    import triton.language as tl
 
-    from .attention import _attn_fwd_kernel
-    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+    @triton.jit
+    def _probe(out_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(out_ptr + offs, tl.zeros((N,), dtype=tl.float32) + tl.cdiv(offs + 1, 1))
+
+    out = torch.empty(16)
+    try:
+        _probe[(1,)](out, N=16)
+    except Exception:
+        return False
+    return bool(torch.equal(out, torch.arange(1.0, 17.0)))
 
 
 TRITON_HERE = HAS_TRITON and (ON_GPU or _kernels_interpreted())
