@@ -2,7 +2,8 @@
 
 out = softmax(scale * q @ k^T) @ v, q [B, H, Lq, Dh], k and v [B, H, Lk, Dh], any strides.
 
-Forward: one program per (BLOCK_M query rows, batch*head); it streams K/V in BLOCK_N blocks
+Forward: one program per (batch*head, BLOCK_M query rows) (batch*head on grid axis 0, which
+has no 65535 limit); it streams K/V in BLOCK_N blocks
 with the online softmax (exp2, fp32 running max / sum / accumulator) and stores the output
 plus the row log-sum-exp in base 2 (`lse2 = log2 sum_j 2^(s_ij)` with s = scale*log2(e)*q.k),
 which the backward uses to recompute the probabilities. Backward: a small kernel for
@@ -158,8 +159,8 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
+        pid_m = tl.program_id(1)
         b = bh // H
         h = bh % H
         q_ptr += b * sqb + h * sqh
@@ -207,8 +208,8 @@ if HAS_TRITON:
         H, LQ,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     ):
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
+        pid_m = tl.program_id(1)
         b = bh // H
         h = bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -233,8 +234,8 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
-        pid_n = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(0).to(tl.int64)
+        pid_n = tl.program_id(1)
         b = bh // H
         h = bh % H
         q_ptr += b * sqb + h * sqh
@@ -292,8 +293,8 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
+        pid_m = tl.program_id(1)
         b = bh // H
         h = bh % H
         q_ptr += b * sqb + h * sqh
@@ -372,11 +373,11 @@ def attention_fwd(q, k, v, scale=None):
             h, lq, lk, scale * LOG2E)
     consts = dict(HEAD_DIM=dh, BLOCK_D=_block_d(dh), IN_PRECISION=dot_precision(q.dtype))
     if interpret_for(q):
-        grid = (triton.cdiv(lq, _INTERP["BLOCK_M"]), b * h)
+        grid = (b * h, triton.cdiv(lq, _INTERP["BLOCK_M"]))
         interpreted(_attn_fwd_kernel)[grid](*args, **consts, **_INTERP)
     else:
         def grid(meta):
-            return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
+            return (b * h, triton.cdiv(lq, meta["BLOCK_M"]))
         launcher(_attn_fwd_tuned[_kind(q.dtype)])[grid](*args, **consts)
     return out, lse
 
@@ -399,7 +400,7 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
     run = interpreted if interp else launcher
 
     delta_block = 16 if interp else 64
-    run(_attn_bwd_delta_kernel)[(triton.cdiv(lq, delta_block), b * h)](
+    run(_attn_bwd_delta_kernel)[(b * h, triton.cdiv(lq, delta_block))](
         out, *out.stride(), do, *do.stride(), delta, h, lq,
         HEAD_DIM=dh, BLOCK_D=block_d, BLOCK_M=delta_block)
 
@@ -407,16 +408,16 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
     sizes = (h, lq, lk, scale, scale * LOG2E)
     consts = dict(HEAD_DIM=dh, BLOCK_D=block_d, IN_PRECISION=dot_precision(q.dtype))
     if interp:
-        interpreted(_attn_bwd_dkdv_kernel)[(triton.cdiv(lk, _INTERP["BLOCK_N"]), b * h)](
+        interpreted(_attn_bwd_dkdv_kernel)[(b * h, triton.cdiv(lk, _INTERP["BLOCK_N"]))](
             *args, dk, dv, *sizes, **consts, **_INTERP)
-        interpreted(_attn_bwd_dq_kernel)[(triton.cdiv(lq, _INTERP["BLOCK_M"]), b * h)](
+        interpreted(_attn_bwd_dq_kernel)[(b * h, triton.cdiv(lq, _INTERP["BLOCK_M"]))](
             *args, dq, *sizes, **consts, **_INTERP)
     else:
         def grid_kv(meta):
-            return (triton.cdiv(lk, meta["BLOCK_N"]), b * h)
+            return (b * h, triton.cdiv(lk, meta["BLOCK_N"]))
 
         def grid_q(meta):
-            return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
+            return (b * h, triton.cdiv(lq, meta["BLOCK_M"]))
         launcher(_attn_bwd_dkdv_tuned[_kind(q.dtype)])[grid_kv](*args, dk, dv, *sizes, **consts)
         launcher(_attn_bwd_dq_tuned[_kind(q.dtype)])[grid_q](*args, dq, *sizes, **consts)
     return dq, dk, dv
