@@ -392,3 +392,17 @@ def test_relative_font_paths_follow_the_working_directory(tmp_path, monkeypatch)
     want = clippo.TextRenderer(font=tmp_path / "b" / "rel.hex", lower=False)(["A"])
     assert not torch.equal(first, want)
     assert torch.equal(second, want)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "BUG clippo/text/render.py _host_tables / TextRenderer.__init__: the rasterizer only "
+    "takes cells up to 256 px wide (csrc check_tables), but the renderer does not check the "
+    "cell width at construction: TextRenderer(font=x.hex, font_size=257) (or a TTF with "
+    "font_size >= 129, cells 2 * font_size wide) builds fine and then every call raises "
+    "RuntimeError('atlas cells must be 1..256 pixels wide') instead of a ValueError up "
+    "front; with the default Unifont, font_size=300 even tries to allocate 23.7 GiB"))
+def test_font_size_beyond_the_rasterizer_limit_is_a_value_error(tmp_path):
+    font = tmp_path / "one.hex"
+    font.write_text(f"0041:{hex_rows(BAR)}\n")
+    with pytest.raises(ValueError):
+        clippo.TextRenderer(font=font, font_size=257, image_size=600)(["A"])

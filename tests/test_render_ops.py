@@ -337,6 +337,20 @@ def test_layout_op_misuse_raises(args, case):
                                      a["cell_h"], 768, True, False)
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG csrc/render/render_cpu.cpp layout_text_cpu: cell_h (int64) is only checked >= 1 and "
+    "then cast to int32 for the layout (LayoutParams) while row_offsets are sized with the "
+    "int64 value: cell_h = 2**32 + 16 lays out 16 px rows (y up to 208) but returns "
+    "row_offsets for a single row, an inconsistent layout instead of a RuntimeError"))
+def test_layout_op_cell_h_beyond_int32_raises(args):
+    try:
+        g, rows = torch.ops.clippo.layout_text(args["text"], args["off"], args["cm"],
+                                               args["cols"], S, 2**32 + 16, 768, True, False)
+    except RuntimeError:
+        return
+    raise AssertionError(f"accepted: glyphs {tuple(g.shape)}, row_offsets {tuple(rows.shape)}")
+
+
 def test_layout_op_out_of_range_cmap_entries_draw_the_empty_glyph(args):
     # cmap entries outside [0, G) are documented to draw the empty glyph (glyph 0)
     for bad in (-5, 10**9):
