@@ -17,7 +17,8 @@ The first run on a machine autotunes every kernel for each shape key (compiles i
     flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
 
 Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
-|difference| of the output against the baseline's (a sanity check, not a test). Results go
+|difference| of the output (and, for fwd+bwd, of every gradient) against the baseline's (a
+sanity check, not a test). Results go
 to a printed table and <out>/kernels.json (benchmarks/results by default). Without CUDA the
 script says so, times the torch providers at a small size on the CPU (kernels_cpu.json) and
 exits 0.
@@ -82,14 +83,13 @@ def bench_patch(batches, device, providers, reps):
                         grad = torch.autograd.grad(out, params, torch.ones_like(out))
                         return out, grad
                     try:
-                        res = run()
-                        out = res if mode == "fwd" else res[0]
+                        out = _flat(run())
                         t = measure(run, device=device, warmup=3, reps=reps)
                     except Exception as e:  # a provider failing must not end the run
                         print(f"  {name} {kind} B={batch} {mode}: failed: {e!r}")
                         t, out = None, None
                     if ref_out is None and out is not None:
-                        ref_out = out.float()
+                        ref_out = [o.float() for o in out]
                     group.append(_row("patch_embed", f"B={batch} 224/16 D=768", kind, mode, name,
                                       t, patch_flops(batch, mode), out, ref_out))
                 rows += _speedups(group)
@@ -124,8 +124,7 @@ def _time_attention(fn, q, k, v, mode, device, reps):
                 return fn(q, k, v)
         out = fn(q, k, v)
         return out, torch.autograd.grad(out, leaves, torch.ones_like(out))
-    res = run()
-    out = res if mode == "fwd" else res[0]
+    out = _flat(run())
     return measure(run, device=device, warmup=3, reps=reps), out
 
 
@@ -155,7 +154,7 @@ def bench_attention(shapes, device, with_triton, reps):
                     print(f"  sdpa[{name}] {shape} {mode}: unavailable ({str(e)[:80]})")
                     continue
                 if best is None or t["p50"] < best["p50"]:
-                    best, best_name, ref_out = t, name, out.float()
+                    best, best_name, ref_out = t, name, [o.float() for o in out]
             group = [_row("attention", shape, "bf16", mode, f"sdpa[{best_name}]", best, flops,
                           ref_out, ref_out)]
             if with_triton:
@@ -181,9 +180,14 @@ def _row(kernel, shape, kind, mode, provider, t, flops, out, ref_out):
         return row
     row.update(ms=t["p50"] * 1e3, ms_p20=t["p20"] * 1e3, ms_p80=t["p80"] * 1e3, reps=t["n"],
                tflops=flops / t["p50"] / 1e12)
-    if out is not None and ref_out is not None:
-        row["max_diff"] = (out.float() - ref_out).abs().max().item()
+    if out is not None and ref_out is not None:  # output and, for fwd+bwd, every gradient
+        row["max_diff"] = max((o.float() - r).abs().max().item() for o, r in zip(out, ref_out))
     return row
+
+
+def _flat(res):
+    """run() result -> [out] (fwd) or [out, *grads] (fwd+bwd)."""
+    return [res] if isinstance(res, torch.Tensor) else [res[0], *res[1]]
 
 
 def _speedups(group):
@@ -243,7 +247,8 @@ def main(argv=None):
     print_table(rows, COLUMNS, title=f"kernels ({torch.cuda.get_device_name()}, bf16)")
     write_json("kernels", rows, out_dir=args.out,
                extra={"notes": "speedup = baseline ms / ms; baselines: conv2d (patch embed), "
-                               "best SDPA backend (attention); max_diff vs the baseline output"})
+                               "best SDPA backend (attention); max_diff: max |difference| vs "
+                               "the baseline's output and gradients"})
     return 0
 
 

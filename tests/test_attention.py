@@ -22,8 +22,8 @@ at = importlib.import_module("clippo.kernels.attention")
 # (B, H, Lq, Lk, Dh, layout); layout "qkv": q, k, v are views of one packed [B, L, 3, H, Dh]
 # projection (the model's layout, non-contiguous), "bhld": contiguous
 SHAPES = [
-    (1, 2, 37, 45, 64, "bhld"),      # ragged blocks on both axes
-    (2, 1, 1, 50, 64, "bhld"),       # MAP head: one query
+    (1, 2, 37, 197, 64, "bhld"),     # ragged blocks on both axes, 197 keys
+    (2, 1, 1, 196, 64, "bhld"),      # MAP head: one query over 196 tokens
     (1, 2, 20, 20, 128, "qkv"),      # head dim 128, packed qkv strides
     (1, 1, 17, 33, 40, "bhld"),      # head dim 40: masked (padded) head dim
     (1, 1, 5, 3, 16, "bhld"),        # fewer keys than one block
