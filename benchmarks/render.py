@@ -178,8 +178,10 @@ def main(argv=None):
                         warmup=2, reps=reps * 2)
             row("clippo layout only", t["p50"], batch, threads_before,
                 "host layout_text (pinned), no raster")
-        elif not cuda:
-            group.append(dict(workload=name, provider="clippo CUDA", note="skipped: no GPU"))
+        else:
+            group.append(dict(workload=name, provider="clippo CUDA",
+                              note="skipped: " + ("clippo built without CUDA kernels" if cuda
+                                                  else "no GPU")))
 
         if name in TF_PUBLISHED:
             group.append(dict(workload=name, provider="reference TF op (published)",

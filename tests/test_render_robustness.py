@@ -110,6 +110,22 @@ def test_max_chars_counts_decoded_code_points(identity_tables):
         assert decoded(identity_tables, [blob], max_chars=m)[0] == full[:m]
 
 
+def test_byte_truncation_before_layout_keeps_the_first_code_points(identity_tables):
+    # encode_texts cuts inputs at 4 * max_chars bytes before the C++ layout: whatever the
+    # bytes, the first max_chars decoded code points must be those Python decodes.
+    cmap, cols = identity_tables
+    rng = random.Random(8)
+    pieces = [b"\xff", b"\xe4\xb8\xad", b"\xf0\x9f\x98\x80", b"\xf0\x9f\x98", b"a", b"\xc3",
+              b"\xed\xa0\x80", b"\x80\x80"]
+    for _ in range(300):
+        blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        m = rng.randint(1, 12)
+        text, offsets = encode_texts([blob], max_chars=m)
+        assert int(offsets[-1]) <= 4 * m
+        glyphs, _ = ops.layout_text(text, offsets, cmap, cols, 32767, 1, m, False)
+        assert glyphs[:, 0].tolist() == python_decode(blob)[:m], (blob, m)
+
+
 # -- bad input through the renderer: same images as the reference ---------------------------
 
 def test_lone_surrogates_render_as_replacement_char(r):
