@@ -164,6 +164,23 @@ def test_row_index_is_floor_of_cumulative_width_over_div():
     assert rows.max() * 16 >= 100   # the string runs past the bottom
 
 
+@pytest.mark.parametrize("size,text,lower", [(48, "WWW.....", False),
+                                             (224, "l" * 35 + "..", True)])
+def test_letter_ending_exactly_at_div_starts_the_next_row(size, text, lower):
+    # 48: div = 48 - 7 = 41 and W W W . . . . . ends at cum 21 + 20 = 41 -> row 1, although
+    # it would fit on row 0; 224: div = 218 = 35 * 6 + 2 * 4. (float32 cum / div must be an
+    # exact division here: cum * (1 / div) gives 0.99999994 for 41 / 41.)
+    r = clippo.TextRenderer(image_size=size, lower=lower)
+    img = r([text])[0, 0].numpy()
+    dot = shade(glyph(0x2E))[:, 2:6]
+    want_row0_end = sum(7 if c == "W" else 6 if c == "l" else 4 for c in text[:-1])
+    assert np.array_equal(img[16:32, 0:4], dot)                    # last dot: row 1, x = 0
+    assert (img[16:32, 4:] == BG).all()
+    assert (img[:16, want_row0_end:] == BG).all()
+    assert (img[:16, want_row0_end - 4:want_row0_end] == dot).all()
+    assert np.array_equal(as_hwc(r([text]))[0], ref_image(text, image_size=size, lower=lower))
+
+
 def test_rows_past_the_bottom_are_dropped():
     # image 64: 4 rows, div 58; row r holds the 'l's with 58 r <= 6 (i + 1) < 58 (r + 1),
     # so 38 letters fill rows 0..3 and letter 39 would start row 4.
