@@ -29,7 +29,8 @@ def _cases():
     def patch(dtype, uint8):
         def build():
             if uint8:
-                x = torch.empty(8, 1, 224, 224, dtype=torch.uint8, device=meta).expand(8, 3, 224, 224)
+                x = torch.empty(8, 1, 224, 224, dtype=torch.uint8, device=meta)
+                x = x.expand(8, 3, 224, 224)
             else:
                 x = torch.empty(8, 3, 224, 224, dtype=dtype, device=meta)
             w = torch.empty(768, 3, 16, 16, dtype=dtype, device=meta)

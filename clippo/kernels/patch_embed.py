@@ -83,7 +83,8 @@ def _grad_images(images, weight, grad_out):
 
 def _check_args(images, weight, bias, pos_embed):
     if images.dim() != 4:
-        raise ValueError(f"patch_embed: images must be [B, C, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"patch_embed: images must be [B, C, H, W], got shape {tuple(images.shape)}")
     if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
         raise ValueError(f"patch_embed: images must be uint8 or floating point, got {images.dtype}")
     if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
