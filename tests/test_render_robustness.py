@@ -402,3 +402,38 @@ def test_dataloader_fork_workers_render(r):
     images, idx = torch.cat(images), torch.cat(idx)
     assert idx.tolist() == list(range(48))
     assert torch.equal(images, r(texts)[:, 0])
+
+
+class _Texts(torch.utils.data.Dataset):
+    def __init__(self, texts):
+        self.texts = texts
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return self.texts[i]
+
+
+class _RenderCollate:
+    def __init__(self, renderer):
+        self.renderer = renderer
+
+    def __call__(self, batch):
+        return self.renderer(batch)
+
+
+def test_dataloader_workers_render_whole_batches(r):
+    # batches of 128 images (6 MB) take the renderer's large-output path; the worker sends
+    # them back through shared memory
+    texts = random_strings(384, seed=41, max_len=200)
+    loader = torch.utils.data.DataLoader(_Texts(texts), batch_size=128, num_workers=2,
+                                         collate_fn=_RenderCollate(r),
+                                         multiprocessing_context="fork", timeout=120)
+    batches = list(loader)
+    assert [b.shape for b in batches] == [(128, 3, S, S)] * 3
+    assert torch.equal(torch.cat(batches), r(texts))
+    big = r(texts[:128])
+    assert torch.equal(pickle.loads(pickle.dumps(big)), big)
+    shared = big[:, 0].share_memory_()
+    assert shared.is_shared() and torch.equal(shared, r(texts[:128])[:, 0])
