@@ -126,6 +126,21 @@ def test_renderer_out_buffer(r, shape):
     assert torch.equal(one(texts, out=buf), one(texts))
 
 
+def test_out_slice_of_a_larger_buffer_is_written_in_bounds(r):
+    # a contiguous slice of one big buffer, reused for smaller batches: only the slice changes
+    buf = torch.full((6, S, S), 77, dtype=torch.uint8)
+    texts = [CORPUS["long_mixed"], CORPUS["wide_only"], ""]
+    got = r(texts, out=buf[2:5])
+    assert torch.equal(got, r(texts))
+    assert (buf[:2] == 77).all() and (buf[5:] == 77).all()
+    guard = torch.full((3 * S * S + 2 * 4096,), 77, dtype=torch.uint8)
+    out = guard[4096:4096 + 3 * S * S].view(3, S, S)
+    text, offsets = encode_texts(texts)
+    ops.render_text_into(text, offsets, *tables(r), S, 768, True, 127, out)
+    assert (guard[:4096] == 77).all() and (guard[-4096:] == 77).all()
+    assert torch.equal(out, r(texts)[:, 0])
+
+
 @pytest.mark.parametrize("out,exc", [
     (torch.empty(2, S, S, dtype=torch.uint8), ValueError),          # wrong batch
     (torch.empty(3, 3, S, S, dtype=torch.uint8), ValueError),       # 3 channels
