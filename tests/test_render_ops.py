@@ -170,6 +170,12 @@ def test_cuda_equals_cpu(params):
     assert torch.equal(gpu.cpu(), clippo.TextRenderer(**params)(texts))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_renderer_without_a_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="CUDA|GPU"):
+        clippo.TextRenderer(device="cuda")
+
+
 @cuda
 def test_cuda_rasterize_op_equals_cpu(r):
     texts = corpus_texts()
