@@ -158,7 +158,8 @@ def main(argv=None):
             t = measure(lambda: pil_render(sub, font), warmup=1, reps=2 if args.quick else 3)
             row("PIL ImageDraw", t["p50"], len(sub), 1, f"{font_note} 16px, sub-batch {len(sub)}")
         else:
-            group.append(dict(workload=name, provider="PIL ImageDraw", note=f"skipped: {font_note}"))
+            group.append(dict(workload=name, provider="PIL ImageDraw",
+                              note=f"skipped: {font_note}"))
 
         for threads in (1, 2):
             torch.set_num_threads(threads)

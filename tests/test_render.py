@@ -10,8 +10,7 @@ import torch
 import clippo
 from clippo.text import atlas as atlas_lib
 from clippo.text.render import encode_texts
-from render_corpus import (CORPUS, LONG, as_hwc, assert_images_equal, check_against_ref,
-                           random_strings, ref_image)
+from render_corpus import CORPUS, LONG, as_hwc, check_against_ref, random_strings, ref_image
 
 S = 224
 BG = 127
