@@ -4,7 +4,6 @@ atlas disk cache, and custom Unifont .hex files with hand-drawn glyphs."""
 import gzip
 import os
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -233,20 +232,10 @@ CORRUPTIONS = {
     "empty": lambda good: b"",
     "bit_flip": _bit_flip,
 }
-XFAIL_CACHE = pytest.mark.xfail(strict=True, raises=(zipfile.BadZipFile, EOFError), reason=(
-    "BUG clippo/text/atlas.py load_freetype_atlas: reading the cache catches only "
-    "(OSError, ValueError, KeyError); a truncated or bit-flipped .npz raises "
-    "zipfile.BadZipFile and an empty one EOFError, so a damaged cache entry is fatal "
-    "instead of being rebuilt"))
 
 
 @needs_dejavu
-@pytest.mark.parametrize("kind", [
-    "garbage", "missing_arrays",
-    pytest.param("truncated", marks=XFAIL_CACHE),
-    pytest.param("empty", marks=XFAIL_CACHE),
-    pytest.param("bit_flip", marks=XFAIL_CACHE),
-])
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
 def test_corrupted_cache_is_rebuilt(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("CLIPPO_CACHE_DIR", str(tmp_path))
     good = fresh_load(DEJAVU)
@@ -366,10 +355,6 @@ def test_custom_hex_errors(tmp_path):
         clippo.TextRenderer(font=good, upper_font=ttf_upper)
 
 
-@pytest.mark.xfail(strict=True, raises=FontError, reason=(
-    "BUG clippo/text/atlas.py load_atlas: `font` is expanded only if Path(font).exists(), "
-    "which is checked before expanduser, so font='~/x.hex' raises FontError('font file not "
-    "found: ~/x.hex') although upper_font='~/x.hex' (expanded unconditionally) works"))
 def test_font_path_with_tilde_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "mine.hex").write_text(f"0041:{hex_rows(BAR)}\n")
@@ -377,10 +362,6 @@ def test_font_path_with_tilde_is_expanded(tmp_path, monkeypatch):
     assert torch.equal(clippo.TextRenderer(font="~/mine.hex", lower=False)(["A"]), want)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG clippo/text/render.py TextRenderer.__init__: _host_tables is lru-cached on the font "
-    "string as given (self.font = str(font), not resolved), so after os.chdir the same "
-    "relative name returns the previous directory's atlas"))
 def test_relative_font_paths_follow_the_working_directory(tmp_path, monkeypatch):
     for name, rows in (("a", BAR), ("b", LINE[:8] + [0xFF] * 8)):
         (tmp_path / name).mkdir()
@@ -394,13 +375,6 @@ def test_relative_font_paths_follow_the_working_directory(tmp_path, monkeypatch)
     assert torch.equal(second, want)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG clippo/text/render.py _host_tables / TextRenderer.__init__: the rasterizer only "
-    "takes cells up to 256 px wide (csrc check_tables), but the renderer does not check the "
-    "cell width at construction: TextRenderer(font=x.hex, font_size=257) (or a TTF with "
-    "font_size >= 129, cells 2 * font_size wide) builds fine and then every call raises "
-    "RuntimeError('atlas cells must be 1..256 pixels wide') instead of a ValueError up "
-    "front; with the default Unifont, font_size=300 even tries to allocate 23.7 GiB"))
 def test_font_size_beyond_the_rasterizer_limit_is_a_value_error(tmp_path):
     font = tmp_path / "one.hex"
     font.write_text(f"0041:{hex_rows(BAR)}\n")

@@ -437,3 +437,17 @@ def test_dataloader_workers_render_whole_batches(r):
     assert torch.equal(pickle.loads(pickle.dumps(big)), big)
     shared = big[:, 0].share_memory_()
     assert shared.is_shared() and torch.equal(shared, r(texts[:128])[:, 0])
+
+
+def test_single_bytes_like_input_is_a_batch_of_one():
+    r = clippo.TextRenderer()
+    want = r(["abc"])
+    for single in (b"abc", bytearray(b"abc"), memoryview(b"abc")):
+        assert torch.equal(r(single), want)
+
+
+@pytest.mark.parametrize("field", ["spacing", "min_width", "background_brightness",
+                                   "text_brightness", "max_chars", "image_size", "font_size"])
+def test_bools_are_not_ints_in_the_config(field):
+    with pytest.raises(ValueError, match=field):
+        clippo.RenderConfig(**{field: True})

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -189,10 +190,17 @@ def load_freetype_atlas(font, font_size, antialias=False):
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
+                cells, code_points, glyphs = z["cells"], z["code_points"], z["glyphs"]
+            if (cells.ndim == 3 and cells.dtype == np.uint8 and len(cells) >= 1
+                    and code_points.shape == glyphs.shape and code_points.ndim == 1
+                    and (code_points.size == 0 or (0 <= code_points.min()
+                                                   and code_points.max() < NUM_CODE_POINTS
+                                                   and 0 <= glyphs.min()
+                                                   and glyphs.max() < len(cells)))):
                 cmap = np.zeros(NUM_CODE_POINTS, np.int32)
-                cmap[z["code_points"]] = z["glyphs"]
-                return GlyphAtlas(z["cells"], cmap, not antialias, path.name)
-        except (OSError, ValueError, KeyError):
+                cmap[code_points] = glyphs
+                return GlyphAtlas(cells, cmap, not antialias, path.name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache entry is rebuilt below
     cells, code_points, glyphs = _rasterise_freetype(path, font_size, antialias)
     try:
@@ -265,21 +273,31 @@ def _glyph_cell(glyph_slot, height, width, baseline, antialias):
     return cell
 
 
+def resolve_font_path(path):
+    """An absolute path string (~ expanded), so caches and pickles don't depend on the cwd."""
+    if path is None:
+        return None
+    return str(Path(path).expanduser().resolve())
+
+
 def load_atlas(font=None, upper_font=None, font_size=16, antialias=False):
     """The atlas for a font spec: default Unifont, a .hex pair, or a TTF/OTF file."""
     if font is None:
         font = DEFAULT_FONT
         if upper_font is None:
             upper_font = DEFAULT_UPPER_FONT
-    font = str(Path(font).expanduser().resolve()) if Path(font).exists() else str(font)
+    font = resolve_font_path(font)
     if is_hex_font(font):
         if upper_font is not None and not is_hex_font(upper_font):
             raise FontError(f"upper_font must be a .hex file to pair with {font}")
-        upper = None if upper_font is None else str(Path(upper_font).expanduser().resolve())
-        return load_hex_atlas(font, upper)
+        return load_hex_atlas(font, resolve_font_path(upper_font))
     if upper_font is not None:
         raise FontError("upper_font only applies to Unifont .hex fonts")
     return load_freetype_atlas(font, int(font_size), bool(antialias))
+
+
+MAX_CELL_WIDTH = 256          # the rasterizer packs a column index into 8 bits
+MAX_ATLAS_BYTES = 1 << 30     # shaded atlases beyond this are a font_size mistake
 
 
 def render_tables(atlas, cfg):
@@ -291,25 +309,41 @@ def render_tables(atlas, cfg):
     For a Unifont atlas with font_size != 16, cells are first resized like the reference
     (area interpolation), and `h = w = font_size`.
     """
-    if atlas.binary and atlas.cell_height == 16 and cfg.font_size != 16 and \
-            atlas.cell_width == 16:
-        coverage = _resize_area(atlas.cells.astype(np.float32) / np.float32(255), cfg.font_size)
-    else:
-        coverage = atlas.cells.astype(np.float32) / np.float32(255)
-    g, h, w = coverage.shape
-    # reference: img = coverage * (text - background) + background, then cast to uint8
-    # (truncation); for binary cells this is exactly text where inked, background elsewhere.
+    resize = (atlas.binary and atlas.cell_height == 16 and atlas.cell_width == 16
+              and cfg.font_size != 16)
+    g = len(atlas)
+    h, w = (cfg.font_size, cfg.font_size) if resize else (atlas.cell_height, atlas.cell_width)
+    if w > MAX_CELL_WIDTH:
+        raise ValueError(f"font_size={cfg.font_size} gives {w}-pixel-wide cells with {atlas}; "
+                         f"the rasterizer takes cells up to {MAX_CELL_WIDTH} pixels wide")
+    if g * h * w > MAX_ATLAS_BYTES:
+        raise ValueError(f"font_size={cfg.font_size} would need a {g * h * w / 2**30:.1f} GiB "
+                         f"atlas for {atlas} (limit {MAX_ATLAS_BYTES / 2**30:.0f} GiB)")
+    shaded = np.empty((g, h, w), np.uint8)
+    cols = np.empty(g, np.int64)
     delta = np.float32(cfg.text_brightness - cfg.background_brightness)
-    shaded = (coverage * delta + np.float32(cfg.background_brightness)).astype(np.uint8)
+    chunk = max(1, (64 << 20) // (4 * max(h * w, 16 * 16)))  # bounds the float32 temporaries
+    for lo in range(0, g, chunk):
+        cells = atlas.cells[lo:lo + chunk].astype(np.float32) / np.float32(255)
+        coverage = _resize_area(cells, cfg.font_size) if resize else cells
+        # reference: img = coverage * (text - background) + background, then cast to uint8
+        # (truncation); for binary cells: exactly text where inked, background elsewhere.
+        shaded[lo:lo + chunk] = (coverage * delta + np.float32(cfg.background_brightness)
+                                 ).astype(np.uint8)
+        cols[lo:lo + chunk] = _kept_columns(coverage, cfg)
+    return shaded, cols.astype(np.int32)
+
+
+def _kept_columns(coverage, cfg):
+    """first | width << 16 for each cell: the reference's trim to the ink, or the full cell."""
+    g, _, w = coverage.shape
     if cfg.monospace:
-        cols = np.full(g, w << 16, np.int64)
-    else:
-        inked = coverage.max(axis=1) > 0                        # [G, w] columns with ink
-        any_ink = inked.any(axis=1)
-        first_ink = np.where(any_ink, inked.argmax(axis=1), 0)
-        last_ink = np.where(any_ink, w - 1 - inked[:, ::-1].argmax(axis=1), 0)
-        first = np.maximum(first_ink - cfg.spacing, 0)
-        last = np.maximum(last_ink + cfg.spacing, first + cfg.min_width)
-        width = np.clip(np.minimum(last, w) - first, 0, None)  # slicing clamps at the cell
-        cols = first | (width << 16)
-    return np.ascontiguousarray(shaded), cols.astype(np.int32)
+        return np.full(g, w << 16, np.int64)
+    inked = coverage.max(axis=1) > 0                        # [G, w] columns with ink
+    any_ink = inked.any(axis=1)
+    first_ink = np.where(any_ink, inked.argmax(axis=1), 0)
+    last_ink = np.where(any_ink, w - 1 - inked[:, ::-1].argmax(axis=1), 0)
+    first = np.maximum(first_ink - cfg.spacing, 0)
+    last = np.maximum(last_ink + cfg.spacing, first + cfg.min_width)
+    width = np.clip(np.minimum(last, w) - first, 0, None)  # slicing clamps at the cell
+    return first | (width << 16)

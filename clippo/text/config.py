@@ -7,6 +7,10 @@ import dataclasses
 from typing import Optional
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
     image_size: int = 224            # output is image_size x image_size
@@ -22,20 +26,23 @@ class RenderConfig:
     def __post_init__(self):
         for name in ("image_size", "font_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            if not _is_int(v) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.image_size > 32767:
             raise ValueError(f"image_size must be at most 32767, got {self.image_size}")
-        if self.max_chars is not None and (not isinstance(self.max_chars, int) or self.max_chars < 0):
+        if self.max_chars is not None and (not _is_int(self.max_chars) or self.max_chars < 0):
             raise ValueError(f"max_chars must be None or an int >= 0, got {self.max_chars!r}")
         for name in ("background_brightness", "text_brightness"):
             v = getattr(self, name)
-            if not isinstance(v, int) or not 0 <= v <= 255:
+            if not _is_int(v) or not 0 <= v <= 255:
                 raise ValueError(f"{name} must be an int in [0, 255], got {v!r}")
         for name in ("spacing", "min_width"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
+            if not _is_int(v) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        for name in ("lower", "monospace"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def to_dict(self):
         return dataclasses.asdict(self)

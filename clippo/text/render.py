@@ -103,8 +103,8 @@ class TextRenderer:
             lower=lower, monospace=monospace, spacing=spacing, min_width=min_width)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.font = None if font is None else str(font)
-        self.upper_font = None if upper_font is None else str(upper_font)
+        self.font = atlas_lib.resolve_font_path(font)
+        self.upper_font = atlas_lib.resolve_font_path(upper_font)
         self.antialias = bool(antialias)
         self.channels = channels
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -156,7 +156,7 @@ class TextRenderer:
         CPU to draw into; reusing one buffer across calls skips the page faults of fresh
         memory, the largest cost of rendering on the CPU. The result is a view of it.
         """
-        if isinstance(texts, (str, bytes)):
+        if isinstance(texts, (str, bytes, bytearray, memoryview)):
             texts = [texts]
         elif not hasattr(texts, "__len__"):
             texts = list(texts)

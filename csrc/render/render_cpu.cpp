@@ -178,8 +178,10 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   CLIPPO_CHECK_DTYPE(glyph_cols, at::kInt);
   TORCH_CHECK(glyph_cols.dim() == 1 && glyph_cols.is_contiguous(), "glyph_cols must be a contiguous 1-D tensor");
   TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767]");
-  TORCH_CHECK(cell_h >= 1, "cell_h must be positive");
+  TORCH_CHECK(cell_h >= 1 && cell_h <= 32767, "cell_h must be in [1, 32767], got ", cell_h);
   const int64_t num_glyphs = glyph_cols.size(0);
+  TORCH_CHECK(num_glyphs >= 1 && num_glyphs < (1 << 23),
+              "glyph_cols must have 1 .. 2^23 - 1 entries (glyph 0 is the empty cell), got ", num_glyphs);
   const int32_t* cols = glyph_cols.data_ptr<int32_t>();
   for (int64_t g = 0; g < num_glyphs; ++g) {
     TORCH_CHECK(cols_width(cols[g]) >= 0, "glyph_cols[", g, "] has a negative width");
