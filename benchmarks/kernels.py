@@ -15,6 +15,8 @@ head dim 128, and the MAP head's single query; forward and forward+backward.
 The first run on a machine autotunes every kernel for each shape key (compiles included): about
 2-3 minutes in all on an H200 host; --quick (one batch, one attention shape) is ~4x faster.
     flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
+layer norm (optional kernel): clippo's vs F.layer_norm at [B, 196, 768] bf16, reported in GB/s
+of the minimal traffic (memory-bound).
 
 Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
 |difference| of the output (and, for fwd+bwd, of every gradient) against the baseline's (a
@@ -38,9 +40,10 @@ import clippo.kernels as K  # noqa: E402
 
 _pe = sys.modules["clippo.kernels.patch_embed"]
 _attn = sys.modules["clippo.kernels.attention"]
+_ln = sys.modules["clippo.kernels.layer_norm"]
 
 COLUMNS = ["kernel", "shape", "input", "mode", "provider", "ms", "ms_p20", "ms_p80", "tflops",
-           "speedup", "max_diff"]
+           "gbps", "speedup", "max_diff"]
 
 
 # ------------------------------------------------------------------------------ patch embed
@@ -169,6 +172,49 @@ def bench_attention(shapes, device, with_triton, reps):
     return rows
 
 
+# ------------------------------------------------------------------------------ layer norm
+
+
+def bench_layer_norm(batches, device, with_triton, reps, width=768, tokens=196):
+    """Memory-bound: reported as GB/s of the minimal traffic (x read, y written; the backward
+    also reads x, dy and writes dx), in the tflops column's place."""
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, tokens, width, device=device, dtype=torch.bfloat16)
+        w = torch.ones(width, device=device, dtype=torch.bfloat16)
+        b = torch.zeros(width, device=device, dtype=torch.bfloat16)
+        params = [t.requires_grad_() for t in (x, w, b)]
+        providers = {"F.layer_norm": lambda x, w, b: F.layer_norm(x, (width,), w, b, 1e-6)}
+        if with_triton:
+            providers["clippo-triton"] = _ln.layer_norm_op
+        for mode in ("fwd", "fwd+bwd"):
+            nbytes = x.numel() * 2 * (2 if mode == "fwd" else 5)
+            ref_out, group = None, []
+            for name, fn in providers.items():
+                def run(fn=fn, mode=mode):
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            return fn(x, w, b)
+                    y = fn(x, w, b)
+                    return y, torch.autograd.grad(y, params, torch.ones_like(y))
+                try:
+                    out = _flat(run())
+                    t = measure(run, device=device, warmup=3, reps=reps)
+                except Exception as e:
+                    print(f"  {name} layer_norm B={batch} {mode}: failed: {e!r}")
+                    t, out = None, None
+                if ref_out is None and out is not None:
+                    ref_out = [o.float() for o in out]
+                row = _row("layer_norm", f"B={batch} N={tokens} D={width}", "bf16", mode, name,
+                           t, 0, out, ref_out)
+                row.pop("tflops", None)
+                if t is not None:
+                    row["gbps"] = nbytes / t["p50"] / 1e9
+                group.append(row)
+            rows += _speedups(group)
+    return rows
+
+
 # ------------------------------------------------------------------------------ rows
 
 
@@ -210,7 +256,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="directory for the JSON (default: "
                     "benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="smallest shapes only")
-    ap.add_argument("--only", choices=["patch", "attention"], default=None)
+    ap.add_argument("--only", choices=["patch", "attention", "layer_norm"], default=None)
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args(argv)
 
@@ -223,6 +269,8 @@ def main(argv=None):
             rows += bench_patch([4], "cpu", patch_providers(False), reps=3)
         if args.only in (None, "attention"):
             rows += bench_attention([(2, 12, 197, 197, 64)], "cpu", False, reps=3)
+        if args.only in (None, "layer_norm"):
+            rows += bench_layer_norm([2], "cpu", False, reps=3)
         print_table(rows, COLUMNS, title="kernels (CPU, torch providers only)")
         write_json("kernels_cpu", rows, out_dir=args.out)
         return 0
@@ -244,6 +292,10 @@ def main(argv=None):
             (1024, 12, 1, 196, 64),  # MAP head
         ]
         rows += bench_attention(shapes, device, K.HAS_TRITON, args.reps)
+        torch.cuda.empty_cache()
+    if args.only in (None, "layer_norm"):
+        rows += bench_layer_norm([256] if args.quick else [256, 1024], device, K.HAS_TRITON,
+                                 args.reps)
     print_table(rows, COLUMNS, title=f"kernels ({torch.cuda.get_device_name()}, bf16)")
     write_json("kernels", rows, out_dir=args.out,
                extra={"notes": "speedup = baseline ms / ms; baselines: conv2d (patch embed), "

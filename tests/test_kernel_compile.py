@@ -46,8 +46,16 @@ def _cases():
             return q, k, k.clone()
         return build
 
+    def norm(dtype):
+        def build():
+            x = torch.empty(8, 196, 768, dtype=dtype, device=meta)
+            w = torch.empty(768, dtype=dtype, device=meta)
+            return x, w, w.clone()
+        return build
+
     cases = []
     for dtype in (torch.bfloat16, torch.float32):
+        cases.append((f"layer_norm {str(dtype).split('.')[-1]}", "norm", norm(dtype)))
         name = str(dtype).split(".")[-1]
         for uint8 in (True, False):
             cases.append((f"patch_embed {name} {'uint8' if uint8 else 'float'}", "patch",
@@ -57,7 +65,7 @@ def _cases():
     return cases
 
 
-def _capture(pe, at, torch):
+def _capture(pe, at, ln, torch):
     """Patch the modules' `launcher` so a launch records (kernel, args, kwargs) instead."""
     calls = []
 
@@ -70,7 +78,7 @@ def _capture(pe, at, torch):
                 calls.append((self.kernel, args, kwargs))
             return call
 
-    pe.launcher = at.launcher = Capture
+    pe.launcher = at.launcher = ln.launcher = Capture
     return calls
 
 
@@ -120,16 +128,21 @@ def compile_all(all_configs):
 
     pe = importlib.import_module("clippo.kernels.patch_embed")
     at = importlib.import_module("clippo.kernels.attention")
+    ln = importlib.import_module("clippo.kernels.layer_norm")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                              "cuobjdump")
     target = GPUTarget("cuda", 90, 32)
-    calls = _capture(pe, at, torch)
+    calls = _capture(pe, at, ln, torch)
     for label, kind, build in _cases():
         start = len(calls)
         if kind == "patch":
             x, w, b, pos = build()
             out = pe.patch_embed_fwd(x, w, b, pos)
             pe.patch_embed_grad_weight(x, out, 16)
+        elif kind == "norm":
+            x, w, b = build()
+            y, mean, rstd = ln.layer_norm_fwd(x, w, b)
+            ln.layer_norm_bwd(y, x, w, mean, rstd)
         else:
             q, k, v = build()
             out, lse = at.attention_fwd(q, k, v)
@@ -138,8 +151,9 @@ def compile_all(all_configs):
             if isinstance(kernel, Autotuner):
                 configs = kernel.configs if all_configs else kernel.configs[:1]
                 fn = kernel.fn
-            else:
-                configs, fn = [triton.Config({}, num_warps=4, num_stages=2)], kernel
+            else:  # plain kernels: num_warps as launched (default 4)
+                configs = [triton.Config({}, num_warps=kwargs.pop("num_warps", 4), num_stages=2)]
+                fn = kernel
             for cfg in configs:
                 src = _signature(fn, args, kwargs, cfg.kwargs)
                 row = {"case": label, "kernel": fn.__name__.strip("_"),
@@ -178,7 +192,10 @@ def trace_cuda_path():
         dq, dk, dv = torch.ops.clippo.attention_bwd(o, q, k, v, o, lse, 0.125)
         x = torch.ops.clippo.patch_embed(img, w, b, pos)
         gw = torch.ops.clippo.patch_embed_grad_weight(img, x, 16)
-        return o, dq, dk, dv, x, gw
+        # (no indexing of fake CUDA tensors here: a CPU build of torch cannot do it)
+        y, mean, rstd = torch.ops.clippo.layer_norm_fwd(x, b, b, 1e-6)
+        dx, dln_w, dln_b = torch.ops.clippo.layer_norm_bwd(y, x, b, mean, rstd)
+        return o, dq, dk, dv, x, gw, dx, dln_w
 
     codes = {}
     for dtype in (torch.bfloat16, torch.float32):
@@ -227,7 +244,8 @@ def test_kernels_compile_for_hopper():
     assert rows, "no kernel was compiled"
     kernels = {r["kernel"] for r in rows}
     assert {"patch_embed_fwd_kernel", "patch_embed_grad_weight_kernel", "attn_fwd_kernel",
-            "attn_bwd_delta_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"} <= kernels
+            "attn_bwd_delta_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel",
+            "layer_norm_fwd_kernel", "layer_norm_bwd_kernel"} <= kernels
     errors = [r for r in rows if "error" in r]
     assert not errors, errors
     for r in rows:
@@ -238,7 +256,7 @@ def test_kernels_compile_for_hopper():
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="triton without its NVIDIA backend")
 def test_cuda_path_traces_to_triton_kernels():
     """As torch.compile will see the ops on a GPU: every op becomes wrap_triton kernel calls
-    (1 forward + 3 backward attention kernels, 2 patch-embedding kernels)."""
+    (1 forward + 3 backward attention kernels, 2 patch-embedding kernels, 2 layer-norm ones)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, __file__, "--trace"], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -246,8 +264,10 @@ def test_cuda_path_traces_to_triton_kernels():
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(codes) == {"torch.bfloat16", "torch.float32"}
     for dtype, code in codes.items():
-        assert code.count("triton_kernel_wrapper_functional(") == 6, (dtype, code)
-        assert "clippo.attention_fwd" not in code and "clippo.patch_embed" not in code
+        assert code.count("triton_kernel_wrapper_functional(") == 8, (dtype, code)
+        for op in ("attention_fwd", "attention_bwd", "patch_embed", "layer_norm_fwd",
+                   "layer_norm_bwd"):
+            assert f"clippo.{op}" not in code, (dtype, op)
 
 
 if __name__ == "__main__":

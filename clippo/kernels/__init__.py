@@ -13,6 +13,11 @@ Public functions (stable signatures; the model calls only these):
         non-causal softmax attention, the semantics of F.scaled_dot_product_attention
         (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v.
 
+Optional extra (the model may adopt it; not part of the stable pair above):
+
+    layer_norm(x, weight, bias, eps=1e-6) -> like x
+        LayerNorm over the last dim, statistics in fp32; Triton forward and backward.
+
 Backends ("auto", "triton", "torch"): the initial one comes from the environment variable
 CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a block,
 `with use_backend(name): ...`.
@@ -28,6 +33,11 @@ Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
     clippo::patch_embed_grad_weight(images, grad_out, patch) -> grad weight
     clippo::attention_fwd(q, k, v, scale) -> (out, lse2)
     clippo::attention_bwd(grad_out, q, k, v, out, lse2, scale) -> (dq, dk, dv)
+    clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)
+    clippo::layer_norm_bwd(grad_y, x, weight, mean, rstd) -> (dx, dweight, dbias)
+
+CLIPPO_AUTOTUNE=0 (read at import) turns Triton autotuning off: each kernel uses its first,
+conservative config (quick GPU test runs).
 """
 import importlib
 
@@ -41,12 +51,15 @@ from ._utils import (BACKENDS, HAS_TRITON, get_backend, set_backend, use_backend
 # (importing a submodule sets the package attribute, so this must come before the defs).
 _pe = importlib.import_module(".patch_embed", __name__)
 _attn = importlib.import_module(".attention", __name__)
+_ln = importlib.import_module(".layer_norm", __name__)
 
 patch_embed_ref = _pe.patch_embed_ref
 attention_ref = _attn.attention_ref
+layer_norm_ref = _ln.layer_norm_ref
 
-__all__ = ["patch_embed", "attention", "patch_embed_ref", "attention_ref", "get_backend",
-           "set_backend", "use_backend", "BACKENDS", "HAS_TRITON"]
+__all__ = ["patch_embed", "attention", "layer_norm", "patch_embed_ref", "attention_ref",
+           "layer_norm_ref", "get_backend", "set_backend", "use_backend", "BACKENDS",
+           "HAS_TRITON"]
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -73,6 +86,15 @@ def attention(q, k, v, scale=None):
             and q.dtype in _KERNEL_DTYPES and use_ops(q, k, v)):
         return _attn.attention_op(*_autocast(q, k, v), scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def layer_norm(x, weight, bias, eps=1e-6):
+    """LayerNorm over the last dim (flax's default eps 1e-6): Triton fwd/bwd on CUDA."""
+    if (x.dtype in _KERNEL_DTYPES and x.shape[-1] <= _ln.MAX_WIDTH and x.numel()
+            and use_ops(x, weight, bias)):
+        x, weight, bias = _autocast(x, weight, bias)
+        return _ln.layer_norm_op(x, weight, bias, eps)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
 patch_embed.__doc__ = "Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."
