@@ -456,3 +456,21 @@ def test_layout_op_with_empty_glyph_cols_raises():
                           timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-500:]}"
     assert proc.stdout.startswith("RuntimeError"), proc.stdout
+
+
+def test_freed_outputs_are_reused_and_the_cache_can_be_emptied():
+    # Large CPU outputs come from a small block cache (render/image_pool.cpp): the block of a
+    # freed batch serves the next batch of the same size, with correct pixels.
+    r = clippo.TextRenderer()
+    texts = [f"caption {i}" for i in range(128)]   # 128 * 224 * 224 bytes: a cached size
+    first = r(texts)
+    want = first.clone()
+    ptr = first.data_ptr()
+    del first
+    second = r(texts)
+    assert second.data_ptr() == ptr
+    assert torch.equal(second, want)
+    ops.empty_cache()
+    del second
+    ops.empty_cache()
+    assert torch.equal(r(texts), want)

@@ -37,6 +37,11 @@ def rasterize(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
                                               background)
 
 
+def empty_cache():
+    """Free the cached output blocks of CPU rendering (kept for reuse by later batches)."""
+    torch.ops.clippo.empty_image_cache.default()
+
+
 def _rows(image_size, cell_h):
     return -(-image_size // cell_h)
 

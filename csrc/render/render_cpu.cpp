@@ -4,9 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
-#include <sys/mman.h>
 #include <vector>
 
 #include "checks.h"
@@ -103,25 +101,6 @@ void for_each_string(const TextBatch& t, Fn&& fn) {
 }
 
 }  // namespace
-
-// Output images are large (150 KB each at 224) and freshly allocated memory is paid for with
-// a page fault per 4 KiB on first touch, which costs more than drawing the text. Backing big
-// outputs with transparent huge pages cuts the faults 512-fold.
-at::Tensor empty_images(int64_t batch, int64_t image_size) {
-  const size_t bytes = static_cast<size_t>(batch) * image_size * image_size;
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (bytes < 2 * kHuge) return at::empty({batch, image_size, image_size}, at::kByte);
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* ptr = nullptr;
-  if (posix_memalign(&ptr, kHuge, rounded) != 0 || ptr == nullptr) {
-    return at::empty({batch, image_size, image_size}, at::kByte);
-  }
-#ifdef MADV_HUGEPAGE
-  madvise(ptr, rounded, MADV_HUGEPAGE);  // a hint: harmless where THP is off
-#endif
-  return at::from_blob(ptr, {batch, image_size, image_size}, [](void* p) { std::free(p); },
-                       at::TensorOptions().dtype(at::kByte));
-}
 
 void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
                           const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
