@@ -12,8 +12,10 @@ the shape (each of flash / efficient / cudnn / math is timed under sdpa_kernel, 
 kept and named), at ViT-B/16 shapes (196/197 tokens, 12 heads, head dim 64), 576 tokens,
 head dim 128, and the MAP head's single query; forward and forward+backward.
 
-The first run on a machine autotunes every kernel for each shape key (compiles included): about
-2-3 minutes in all on an H200 host; --quick (one batch, one attention shape) is ~4x faster.
+The first run on a machine autotunes every kernel for each shape key (compiles included), which
+is most of its time. Jobs run most important first; no new job starts after --budget seconds
+(default 120), and the JSON is rewritten after every job, so a run cut short by an outer
+timeout still leaves its rows ("complete": false until the end). --quick: two jobs only.
     flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
 layer norm (optional kernel): clippo's vs F.layer_norm at [B, 196, 768] bf16, reported in GB/s
 of the minimal traffic (memory-bound).
@@ -27,6 +29,7 @@ exits 0.
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -258,6 +261,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smallest shapes only")
     ap.add_argument("--only", choices=["patch", "attention", "layer_norm"], default=None)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--budget", type=float, default=120.0,
+                    help="seconds; no new job starts after this (default 120: autotuning on "
+                         "a fresh machine is most of the time)")
     args = ap.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -279,28 +285,41 @@ def main(argv=None):
         print("benchmarks/kernels.py: triton is not importable; timing the torch providers only")
     device = "cuda"
     torch.manual_seed(0)
-    rows = []
-    if args.only in (None, "patch"):
-        batches = [256] if args.quick else [256, 1024]
-        rows += bench_patch(batches, device, patch_providers(K.HAS_TRITON), args.reps)
+    tri = K.HAS_TRITON
+    patch = lambda b: lambda: bench_patch([b], device, patch_providers(tri), args.reps)  # noqa
+    attn = lambda *s: lambda: bench_attention([s], device, tri, args.reps)  # noqa
+    norm = lambda b: lambda: bench_layer_norm([b], device, tri, args.reps)  # noqa
+    # most important first, so that a time budget or a kill still leaves the key rows.
+    # CLIPPO has no class token: 196 tokens; 197 (ragged blocks) is for class-token ViTs.
+    jobs = [("patch", patch(256)), ("attention", attn(256, 12, 196, 196, 64))]
+    if not args.quick:
+        jobs += [("attention", attn(1024, 12, 1, 196, 64)),  # MAP head
+                 ("attention", attn(1024, 12, 196, 196, 64)), ("patch", patch(1024)),
+                 ("attention", attn(256, 12, 197, 197, 64)),
+                 ("attention", attn(64, 12, 576, 576, 64)),
+                 ("attention", attn(64, 6, 576, 576, 128))]
+    jobs += [("layer_norm", norm(256))] + ([] if args.quick else [("layer_norm", norm(1024))])
+    notes = ("speedup = baseline ms / ms; baselines: conv2d (patch embed), best SDPA backend "
+             "(attention), F.layer_norm; max_diff: max |difference| vs the baseline's output "
+             "and gradients")
+    rows, skipped, start = [], [], time.perf_counter()
+    for kind, job in jobs:
+        if args.only not in (None, kind):
+            continue
+        if time.perf_counter() - start > args.budget:
+            skipped.append(kind)
+            continue
+        rows += job()
         torch.cuda.empty_cache()
-    if args.only in (None, "attention"):
-        # CLIPPO has no class token: 196 tokens; 197 (ragged blocks) for class-token ViTs
-        shapes = [(256, 12, 196, 196, 64)] if args.quick else [
-            (256, 12, 196, 196, 64), (1024, 12, 196, 196, 64), (256, 12, 197, 197, 64),
-            (64, 12, 576, 576, 64), (64, 6, 576, 576, 128),
-            (1024, 12, 1, 196, 64),  # MAP head
-        ]
-        rows += bench_attention(shapes, device, K.HAS_TRITON, args.reps)
-        torch.cuda.empty_cache()
-    if args.only in (None, "layer_norm"):
-        rows += bench_layer_norm([256] if args.quick else [256, 1024], device, K.HAS_TRITON,
-                                 args.reps)
+        # rewritten after every job: a run killed by an outer timeout keeps what it measured
+        write_json("kernels", rows, out_dir=args.out,
+                   extra={"notes": notes, "complete": False})
+    if skipped:
+        print(f"\ntime budget of {args.budget:.0f} s spent: skipped {len(skipped)} jobs "
+              f"({', '.join(skipped)}); raise --budget to run them")
     print_table(rows, COLUMNS, title=f"kernels ({torch.cuda.get_device_name()}, bf16)")
     write_json("kernels", rows, out_dir=args.out,
-               extra={"notes": "speedup = baseline ms / ms; baselines: conv2d (patch embed), "
-                               "best SDPA backend (attention); max_diff: max |difference| vs "
-                               "the baseline's output and gradients"})
+               extra={"notes": notes, "complete": not skipped, "skipped_jobs": skipped})
     return 0
 
 
