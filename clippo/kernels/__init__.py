@@ -16,7 +16,8 @@ Public functions (stable signatures; the model calls only these):
 Optional extra (the model may adopt it; not part of the stable pair above):
 
     layer_norm(x, weight, bias, eps=1e-6) -> like x
-        LayerNorm over the last dim, statistics in fp32; Triton forward and backward.
+        LayerNorm over the last dim, statistics in fp32; Triton forward and backward
+        (F.layer_norm under torch.autocast, which runs it in fp32).
 
 Backends ("auto", "triton", "torch"): the initial one comes from the environment variable
 CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a block,
@@ -24,7 +25,7 @@ CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a bloc
     auto    Triton ops for CUDA tensors when triton imports, plain torch otherwise.
     triton  always the registered ops torch.ops.clippo.* (Triton on CUDA; on the CPU their
             kernels are the torch references); RuntimeError if triton is missing.
-    torch   conv2d / F.scaled_dot_product_attention.
+    torch   conv2d / F.scaled_dot_product_attention / F.layer_norm.
 Inputs the Triton kernels do not take go to the torch path whatever the backend: attention
 with a head dim above 128 or v's head dim != q's, and float64 (both functions).
 
@@ -90,9 +91,9 @@ def attention(q, k, v, scale=None):
 
 def layer_norm(x, weight, bias, eps=1e-6):
     """LayerNorm over the last dim (flax's default eps 1e-6): Triton fwd/bwd on CUDA."""
+    # under autocast torch runs layer_norm in fp32 (fp32 output): keep exactly that behaviour
     if (x.dtype in _KERNEL_DTYPES and x.shape[-1] <= _ln.MAX_WIDTH and x.numel()
-            and use_ops(x, weight, bias)):
-        x, weight, bias = _autocast(x, weight, bias)
+            and not torch.is_autocast_enabled(x.device.type) and use_ops(x, weight, bias)):
         return _ln.layer_norm_op(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
