@@ -1,5 +1,4 @@
 // CPU text rendering: layout and rasterization, parallel over the batch.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 
 #include "checks.h"
 #include "render/layout.h"
+#include "render/parallel.h"
 #include "render/raster_band.h"
 #include "render/render.h"
 
@@ -92,7 +92,7 @@ constexpr int64_t kGrain = 8;  // strings per task: enough work to amortise sche
 
 template <typename Fn>
 void for_each_string(const TextBatch& t, Fn&& fn) {
-  at::parallel_for(0, t.batch, kGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, t.batch, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> scratch;  // decoded glyphs, reused across the strings of a task
     for (int64_t b = begin; b < end; ++b) {
       fn(b, t.data + t.offsets[b], t.offsets[b + 1] - t.offsets[b], scratch);
@@ -188,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   int32_t* gp = glyphs.data_ptr<int32_t>();
   int32_t* rp = row_offsets.data_ptr<int32_t>();
   rp[t.batch * rows] = static_cast<int32_t>(start[t.batch]);
-  at::parallel_for(0, t.batch, 64, [&](int64_t begin, int64_t end) {
+  parallel_for(0, t.batch, 64, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const auto& list = items[b];
       int32_t k = static_cast<int32_t>(start[b]);
@@ -224,7 +224,7 @@ at::Tensor rasterize_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets
                       static_cast<int32_t>(rows), static_cast<uint8_t>(background),
                       out.data_ptr<uint8_t>()};
   // The CUDA kernel's band algorithm, one band at a time with a single "thread".
-  at::parallel_for(0, batch * rows, 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, batch * rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> colmap(kBandChunk);
     for (int64_t i = begin; i < end; ++i) {
       const Band band = band_of(args, i);
