@@ -451,3 +451,27 @@ def test_single_bytes_like_input_is_a_batch_of_one():
 def test_bools_are_not_ints_in_the_config(field):
     with pytest.raises(ValueError, match=field):
         clippo.RenderConfig(**{field: True})
+
+
+def test_intra_op_thread_count_does_not_change_pixels():
+    # The C++ loop splits the batch over torch.get_num_threads() threads in small chunks;
+    # every split must give the same bytes (strings of very different lengths included).
+    from clippo.text.render import encode_texts
+    r = clippo.TextRenderer()
+    rng = random.Random(7)
+    texts = ["".join(rng.choice("ab 中😀\n") for _ in range(rng.randrange(0, 900)))
+             for _ in range(203)]
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            outs.append(r(texts).clone())
+            glyphs, rows = ops.layout_text(*encode_texts(texts, 768), r._cmap, r._cols, 224,
+                                           16, 768, True)
+            outs.append(ops.rasterize(glyphs, rows, r._cols, r._shaded, 224, 127).unsqueeze(1)
+                        .expand(-1, 3, -1, -1).clone())
+    finally:
+        torch.set_num_threads(before)
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
