@@ -307,3 +307,19 @@ def test_second_renderer_reuses_the_cached_atlas(r):
     assert again._shaded is r._shaded and again._cmap is r._cmap
     assert clippo.TextRenderer(image_size=64).atlas is r.atlas   # same font, other config
     assert atlas_lib.load_atlas() is r.atlas
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_float_output_is_the_reference_value_range(dtype):
+    # big_vision feeds the model value_range(-1, 1) of the uint8 render: x / 255 * 2 - 1
+    texts = ["Float output: 中文 😀", ""]
+    u8 = clippo.TextRenderer()(texts).numpy()
+    want = ((u8.astype(np.float32) / np.float32(255)) * np.float32(2) - np.float32(1))
+    got = clippo.TextRenderer(dtype=dtype)(texts)
+    assert got.dtype == dtype and got.shape == (2, 3, 224, 224)
+    assert np.array_equal(got.float().numpy(), torch.from_numpy(want).to(dtype).float().numpy())
+    assert got.min() == -1 and abs(float(got.max()) - (127 / 255 * 2 - 1)) < 1e-2
+    with pytest.raises(ValueError, match="dtype"):
+        clippo.TextRenderer(dtype=torch.int32)
+    with pytest.raises(ValueError, match="dtype"):
+        clippo.TextRenderer(dtype=torch.float32)(texts, out=torch.empty(2, 224, 224, dtype=torch.uint8))

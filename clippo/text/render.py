@@ -87,6 +87,9 @@ class TextRenderer:
     Extras beyond the reference (defaults keep it faithful):
       antialias: FreeType fonts only: 8-bit coverage instead of 1-bit glyphs.
       channels: 3 (default, grey replicated as the reference) or 1.
+      dtype: None (default) for uint8 [0, 255]; a float dtype (torch.float32, float16,
+        bfloat16) for model input already in [-1, 1], computed as big_vision's
+        value_range: x / 255 * 2 - 1 in float32, then cast.
 
     Code points without a glyph draw an empty cell; invalid UTF-8 in bytes input draws
     U+FFFD. Control characters are not line breaks: they draw whatever glyph the font has.
@@ -96,13 +99,16 @@ class TextRenderer:
 
     def __init__(self, font=None, upper_font=None, image_size=224, font_size=16, max_chars=768,
                  background_brightness=127, text_brightness=0, lower=True, monospace=False,
-                 spacing=1, min_width=4, device=None, *, antialias=False, channels=3):
+                 spacing=1, min_width=4, device=None, *, antialias=False, channels=3, dtype=None):
         self.config = RenderConfig(
             image_size=image_size, font_size=font_size, max_chars=max_chars,
             background_brightness=background_brightness, text_brightness=text_brightness,
             lower=lower, monospace=monospace, spacing=spacing, min_width=min_width)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be None (uint8) or float32/float16/bfloat16, got {dtype!r}")
+        self.dtype = dtype
         self.font = atlas_lib.resolve_font_path(font)
         self.upper_font = atlas_lib.resolve_font_path(upper_font)
         self.antialias = bool(antialias)
@@ -127,7 +133,8 @@ class TextRenderer:
     # -- pickling by reference: a worker rebuilds the (cached) tables from the font file
     def __reduce__(self):
         kwargs = dict(self.config.to_dict(), font=self.font, upper_font=self.upper_font,
-                      device=str(self.device), antialias=self.antialias, channels=self.channels)
+                      device=str(self.device), antialias=self.antialias, channels=self.channels,
+                      dtype=self.dtype)
         return (_rebuild, (kwargs,))
 
     def __repr__(self):
@@ -166,6 +173,8 @@ class TextRenderer:
         if out is not None:
             if self.device.type != "cpu":
                 raise ValueError("out= is supported for CPU renderers only")
+            if self.dtype is not None:
+                raise ValueError("out= draws uint8 pixels; it cannot be combined with dtype=")
             if not isinstance(out, torch.Tensor) or out.dtype != torch.uint8 or out.device.type != "cpu":
                 raise TypeError("out must be a CPU torch.uint8 tensor")
             shape = (len(texts), c.image_size, c.image_size)
@@ -188,6 +197,8 @@ class TextRenderer:
                                        rows.to(self.device, non_blocking=True), cols, shaded,
                                        c.image_size, c.background_brightness)
         gray = gray.unsqueeze(1)
+        if self.dtype is not None:  # big_vision's value_range(-1, 1), in its order of operations
+            gray = gray.to(torch.float32).div_(255).mul_(2).sub_(1).to(self.dtype)
         if self.channels == 3:
             gray = gray.expand(-1, 3, -1, -1)
         return gray
