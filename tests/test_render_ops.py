@@ -474,3 +474,26 @@ def test_freed_outputs_are_reused_and_the_cache_can_be_emptied():
     del second
     ops.empty_cache()
     assert torch.equal(r(texts), want)
+
+
+def test_ops_under_torch_compile_fullgraph():
+    # The ops trace into one graph (fake kernels), so training code can compile rendering
+    # together with the normalisation that follows it.
+    r = clippo.TextRenderer(image_size=64)
+    cm, cols, sh = tables(r)
+    text, off = encode_texts(["compiled", "中文 😀", ""])
+
+    def render_norm(text, off):
+        img = torch.ops.clippo.render_text(text, off, cm, cols, sh, 64, 768, True, 127)
+        return img.float() / 255 * 2 - 1
+
+    def layout_raster(text, off):
+        g, rows = torch.ops.clippo.layout_text(text, off, cm, cols, 64, 16, 768, True, False)
+        return torch.ops.clippo.rasterize(g, rows, cols, sh, 64, 127)
+
+    torch._dynamo.reset()
+    want = render_norm(text, off)
+    got = torch.compile(render_norm, fullgraph=True)(text, off)
+    assert torch.equal(got, want)
+    got = torch.compile(layout_raster, fullgraph=True, backend="aot_eager")(text, off)
+    assert torch.equal(got, ops.render_text(text, off, cm, cols, sh, 64, 768, True, 127))
