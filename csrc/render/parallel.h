@@ -1,23 +1,107 @@
-// Parallel loop over the batch for the CPU renderer.
+// Parallel loop over the batch for the CPU renderer and the host side of the GPU path.
 //
 // Not at::parallel_for: in torch's OpenMP builds that is an inline `#pragma omp parallel`,
 // serial in an extension compiled without -fopenmp, and GNU OpenMP's thread pool does not
-// survive fork() (a forked DataLoader worker would hang). Threads here live for one call,
-// so nothing is left stale after a fork; their number follows torch.set_num_threads.
+// survive fork() (a forked DataLoader worker would hang). This pool is fork-safe: a child
+// process drops the parent's pool (its threads do not exist there) and starts a new one.
+// The number of threads follows torch.set_num_threads.
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
+#include <new>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 namespace clippo {
+
+// Helper threads that run one job at a time alongside the calling thread. Never destroyed
+// (threads are detached), so interpreter shutdown cannot join a thread that is waiting.
+class WorkerPool {
+ public:
+  static WorkerPool& instance() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      pthread_atfork(nullptr, nullptr, [] {
+        current() = nullptr;                   // the parent's threads are gone in the child
+        new (&create_mutex()) std::mutex();    // and a lock held at fork would never open
+      });
+    });
+    std::lock_guard<std::mutex> lock(create_mutex());
+    if (current() == nullptr) current() = new WorkerPool();
+    return *current();
+  }
+
+  // Runs job() on up to `helpers` pool threads and on the caller, and waits for all of them.
+  // Returns false (running nothing) when another caller holds the pool: run job() alone.
+  // job must not throw.
+  bool run(int64_t helpers, const std::function<void()>& job) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (static_cast<int64_t>(threads_) < helpers) {
+      try {
+        std::thread([this, i = threads_] { loop(i); }).detach();
+        ++threads_;
+      } catch (const std::system_error&) {
+        break;  // no more threads to be had: fewer helpers
+      }
+    }
+    want_ = std::min<int64_t>(helpers, static_cast<int64_t>(threads_));
+    done_ = 0;
+    job_ = &job;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    job();
+    lock.lock();
+    finished_.wait(lock, [&] { return done_ == want_; });
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  static WorkerPool*& current() {
+    static WorkerPool* pool = nullptr;
+    return pool;
+  }
+  static std::mutex& create_mutex() {
+    static std::mutex mu;
+    return mu;
+  }
+
+  void loop(size_t index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (static_cast<int64_t>(index) >= want_) continue;  // not needed for this job
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      if (++done_ == want_) finished_.notify_one();
+    }
+  }
+
+  std::mutex run_mu_;  // one job at a time
+  std::mutex mu_;      // guards everything below
+  std::condition_variable wake_, finished_;
+  size_t threads_ = 0;
+  int64_t want_ = 0, done_ = 0;
+  uint64_t generation_ = 0;
+  const std::function<void()>* job_ = nullptr;
+};
 
 // Calls fn(lo, hi) on chunks of at most `grain` items covering [begin, end), from up to
 // at::get_num_threads() threads (the caller's included). Chunks are handed out on demand,
@@ -35,7 +119,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
   std::atomic<int64_t> next{begin};
   std::exception_ptr error;
   std::mutex error_mu;
-  auto work = [&] {
+  const std::function<void()> work = [&] {
     try {
       for (int64_t lo; (lo = next.fetch_add(grain)) < end;) fn(lo, std::min(lo + grain, end));
     } catch (...) {
@@ -44,17 +128,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
       next = end;  // stop handing out work
     }
   };
-  std::vector<std::thread> helpers;
-  helpers.reserve(threads - 1);
-  for (int64_t t = 1; t < threads; ++t) {
-    try {
-      helpers.emplace_back(work);
-    } catch (const std::system_error&) {
-      break;  // no more threads to be had: the ones we have finish the work
-    }
-  }
-  work();
-  for (auto& h : helpers) h.join();
+  if (!WorkerPool::instance().run(threads - 1, work)) work();
   if (error) std::rethrow_exception(error);
 }
 
