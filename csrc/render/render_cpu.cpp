@@ -120,6 +120,7 @@ void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, con
   const int32_t cell_h = static_cast<int32_t>(atlas.size(1)), cell_w = static_cast<int32_t>(atlas.size(2));
   uint8_t* out_ptr = out.data_ptr<uint8_t>();
   const uint8_t* atlas_ptr = atlas.data_ptr<uint8_t>();
+  const uint8_t* atlas_end = atlas_ptr + atlas.numel();
   const int32_t* cols = glyph_cols.data_ptr<int32_t>();
   const LayoutParams p{S, cell_h, max_chars, lower, num_glyphs};
   std::atomic<bool> too_narrow{false};
@@ -128,7 +129,7 @@ void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, con
     uint8_t* img = out_ptr + b * S * S;
     std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
     const bool ok = layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& item) {
-      blit_glyph(img, S, atlas_ptr, cell_h, cell_w, cols, item);
+      blit_glyph(img, S, atlas_ptr, atlas_end, cell_h, cell_w, cols, item);
     });
     if (!ok) too_narrow = true;
   });
