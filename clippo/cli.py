@@ -21,6 +21,8 @@ def _render_args(p):
     g.add_argument("--max-chars", type=int, default=768)
     g.add_argument("--no-lower", action="store_true", help="keep ASCII upper case")
     g.add_argument("--monospace", action="store_true")
+    g.add_argument("--word-wrap", action="store_true", help="break rows between words (not "
+                   "the reference's character wrap)")
     g.add_argument("--antialias", action="store_true", help="anti-aliased TTF/OTF glyphs")
 
 
@@ -29,6 +31,7 @@ def _renderer(args, device="cpu"):
     return TextRenderer(font=args.font, upper_font=args.upper_font, image_size=args.image_size,
                         font_size=args.font_size, max_chars=args.max_chars,
                         lower=not args.no_lower, monospace=args.monospace,
+                        word_wrap=args.word_wrap,
                         antialias=args.antialias, device=device)
 
 

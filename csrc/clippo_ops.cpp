@@ -18,15 +18,15 @@ TORCH_LIBRARY(clippo, m) {
   // cmap: int32 [0x110000] code point -> glyph; glyph_cols: int32 [G] first | width << 16;
   // atlas: uint8 [G, cell_h, cell_w] final pixel values. Returns uint8 [B, S, S].
   m.def("render_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, Tensor atlas, "
-        "int image_size, int max_chars, bool lower, int background) -> Tensor");
+        "int image_size, int max_chars, bool lower, int background, bool word_wrap=False) -> Tensor");
   // The same into a preallocated out [B, S, S]: reusing one buffer avoids page faults.
   m.def("render_text_into(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, "
         "Tensor atlas, int image_size, int max_chars, bool lower, int background, "
-        "Tensor(a!) out) -> ()");
+        "Tensor(a!) out, bool word_wrap=False) -> ()");
   // The layout alone: glyphs int32 [n, 2] (glyph, x | y << 16) and row_offsets int32
   // [B * rows + 1], the start of each text row's glyphs. This is all a GPU needs to draw.
   m.def("layout_text(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, int image_size, "
-        "int cell_h, int max_chars, bool lower, bool pin_memory) -> (Tensor, Tensor)");
+        "int cell_h, int max_chars, bool lower, bool pin_memory, bool word_wrap=False) -> (Tensor, Tensor)");
   // Draws a layout with the atlas; runs where the atlas lives (CPU or CUDA).
   m.def("rasterize(Tensor glyphs, Tensor row_offsets, Tensor glyph_cols, Tensor atlas, "
         "int image_size, int background) -> Tensor");

@@ -22,6 +22,9 @@ class RenderConfig:
     monospace: bool = False          # keep full cells instead of trimming to the ink
     spacing: int = 1                 # columns kept on each side of the ink
     min_width: int = 4               # narrowest trimmed cell (keeps spaces visible)
+    # beyond the reference (the default keeps it faithful): break rows between words, and
+    # at "\n", instead of the reference's character-level wrap
+    word_wrap: bool = False
 
     def __post_init__(self):
         for name in ("image_size", "font_size"):
@@ -40,7 +43,7 @@ class RenderConfig:
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        for name in ("lower", "monospace"):
+        for name in ("lower", "monospace", "word_wrap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

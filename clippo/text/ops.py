@@ -10,25 +10,26 @@ from clippo import _ext
 _ext.load()
 
 
-def render_text(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower, background):
+def render_text(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower, background,
+                word_wrap=False):
     """Layout + rasterization on the CPU in one pass: uint8 [B, S, S]."""
     return torch.ops.clippo.render_text.default(text, offsets, cmap, glyph_cols, atlas, image_size,
-                                                max_chars, lower, background)
+                                                max_chars, lower, background, word_wrap)
 
 
 def render_text_into(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
-                     background, out):
+                     background, out, word_wrap=False):
     """render_text into a preallocated contiguous uint8 [B, S, S] `out`."""
     torch.ops.clippo.render_text_into.default(text, offsets, cmap, glyph_cols, atlas, image_size,
-                                              max_chars, lower, background, out)
+                                              max_chars, lower, background, out, word_wrap)
     return out
 
 
 def layout_text(text, offsets, cmap, glyph_cols, image_size, cell_h, max_chars, lower,
-                pin_memory=False):
+                pin_memory=False, word_wrap=False):
     """The layout alone (CPU): glyphs int32 [n, 2], row_offsets int32 [B * rows + 1]."""
     return torch.ops.clippo.layout_text.default(text, offsets, cmap, glyph_cols, image_size,
-                                                cell_h, max_chars, lower, pin_memory)
+                                                cell_h, max_chars, lower, pin_memory, word_wrap)
 
 
 def rasterize(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
@@ -48,19 +49,19 @@ def _rows(image_size, cell_h):
 
 @torch.library.register_fake("clippo::render_text")
 def _render_text_fake(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
-                      background):
+                      background, word_wrap=False):
     return text.new_empty((offsets.shape[0] - 1, image_size, image_size), dtype=torch.uint8)
 
 
 @torch.library.register_fake("clippo::render_text_into")
 def _render_text_into_fake(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
-                           background, out):
+                           background, out, word_wrap=False):
     return None
 
 
 @torch.library.register_fake("clippo::layout_text")
 def _layout_text_fake(text, offsets, cmap, glyph_cols, image_size, cell_h, max_chars, lower,
-                      pin_memory):
+                      pin_memory, word_wrap=False):
     n = torch.library.get_ctx().new_dynamic_size()
     rows = (offsets.shape[0] - 1) * _rows(image_size, cell_h) + 1
     return (text.new_empty((n, 2), dtype=torch.int32),

@@ -85,6 +85,8 @@ class TextRenderer:
       monospace, spacing, min_width: see clippo.RenderConfig.
       device: where the images are made ("cpu" default, or "cuda[:n]").
     Extras beyond the reference (defaults keep it faithful):
+      word_wrap: break rows between words (at U+0020) and at "\n" instead of between
+        characters; words wider than a row still break between glyphs.
       antialias: FreeType fonts only: 8-bit coverage instead of 1-bit glyphs.
       channels: 3 (default, grey replicated as the reference) or 1.
       dtype: None (default) for uint8 [0, 255]; a float dtype (torch.float32, float16,
@@ -99,11 +101,13 @@ class TextRenderer:
 
     def __init__(self, font=None, upper_font=None, image_size=224, font_size=16, max_chars=768,
                  background_brightness=127, text_brightness=0, lower=True, monospace=False,
-                 spacing=1, min_width=4, device=None, *, antialias=False, channels=3, dtype=None):
+                 spacing=1, min_width=4, device=None, *, word_wrap=False, antialias=False,
+                 channels=3, dtype=None):
         self.config = RenderConfig(
             image_size=image_size, font_size=font_size, max_chars=max_chars,
             background_brightness=background_brightness, text_brightness=text_brightness,
-            lower=lower, monospace=monospace, spacing=spacing, min_width=min_width)
+            lower=lower, monospace=monospace, spacing=spacing, min_width=min_width,
+            word_wrap=word_wrap)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -183,15 +187,16 @@ class TextRenderer:
                                  f"{list(shape)}, got {list(out.shape)}")
             gray = self._ops.render_text_into(text, offsets, self._cmap, self._cols, self._shaded,
                                               c.image_size, max_chars, c.lower,
-                                              c.background_brightness, out.view(shape))
+                                              c.background_brightness, out.view(shape),
+                                              c.word_wrap)
         elif self.device.type == "cpu":
             gray = self._ops.render_text(text, offsets, self._cmap, self._cols, self._shaded,
                                          c.image_size, max_chars, c.lower,
-                                         c.background_brightness)
+                                         c.background_brightness, c.word_wrap)
         else:
             glyphs, rows = self._ops.layout_text(text, offsets, self._cmap, self._cols,
                                                  c.image_size, self.cell_height, max_chars,
-                                                 c.lower, pin_memory=True)
+                                                 c.lower, pin_memory=True, word_wrap=c.word_wrap)
             cols, shaded = self._tables_on(self.device)
             gray = self._ops.rasterize(glyphs.to(self.device, non_blocking=True),
                                        rows.to(self.device, non_blocking=True), cols, shaded,

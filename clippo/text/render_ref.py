@@ -88,30 +88,42 @@ def decode(text, lower=True, max_chars=768):
     return ids[:max_chars] if max_chars else ids
 
 
-def render_unifont_ref(text, table, image_size=224, font_size=16, max_chars=768,
-                       background_brightness=127, text_brightness=0, lower=True,
-                       monospace=False, spacing=1, min_width=4):
-    """Render one string; returns uint8 [image_size, image_size, 3] like the reference."""
-    ids = decode(text, lower, max_chars)
+def trimmed_letters(ids, table, font_size=16, monospace=False, spacing=1, min_width=4):
+    """The reference's letters for code points `ids`: float32 coverage [font_size, w] each,
+    resized when font_size != 16, then trimmed to their ink (unless monospace)."""
     empty = bytes(32)
     letters = [_letter_bits(table.get(cp, empty)) for cp in ids]
     if font_size != 16:
         letters = [_resize_area_one(letter.astype(np.float32), font_size) for letter in letters]
     else:
         letters = [letter.astype(np.float32) for letter in letters]
-
+    if monospace:
+        return letters
     trimmed = []
     for letter in letters:
-        if monospace:
-            trimmed.append(letter)
-            continue
         v = letter.max(axis=0)
         nz = np.flatnonzero(v)
         first, last = (int(nz[0]), int(nz[-1])) if len(nz) else (0, 0)
         first = max(first - spacing, 0)
         last = max(last + spacing, first + min_width)
         trimmed.append(letter[:, first:last])
+    return trimmed
 
+
+def shade(canvas, background_brightness=127, text_brightness=0):
+    """Coverage [H, W] -> uint8 [H, W, 3], the reference's arithmetic and cast."""
+    img = canvas * np.float32(text_brightness - background_brightness)
+    img = img + np.float32(background_brightness)
+    gray = img.astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def render_unifont_ref(text, table, image_size=224, font_size=16, max_chars=768,
+                       background_brightness=127, text_brightness=0, lower=True,
+                       monospace=False, spacing=1, min_width=4):
+    """Render one string; returns uint8 [image_size, image_size, 3] like the reference."""
+    ids = decode(text, lower, max_chars)
+    trimmed = trimmed_letters(ids, table, font_size, monospace, spacing, min_width)
     canvas = np.zeros((image_size, image_size), np.float32)  # coverage, 0 = background
     if trimmed:
         widths = np.array([t.shape[1] for t in trimmed], np.int64)
@@ -127,7 +139,4 @@ def render_unifont_ref(text, table, image_size=224, font_size=16, max_chars=768,
                 break
             h = min(font_size, image_size - y)
             canvas[y:y + h, x:x + letter.shape[1]] = letter[:h]
-    img = canvas * np.float32(text_brightness - background_brightness)
-    img = img + np.float32(background_brightness)
-    gray = img.astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    return shade(canvas, background_brightness, text_brightness)

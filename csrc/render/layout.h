@@ -66,7 +66,53 @@ struct LayoutParams {
   int64_t max_chars;   // code points kept; <= 0: all
   bool lower;          // ASCII-only lowercasing
   int64_t num_glyphs;  // cmap entries outside [0, num_glyphs) draw the empty glyph
+  bool word_wrap = false;  // an extra beyond the reference: see wrap_words
 };
+
+constexpr int32_t kGlyphMask = (1 << 23) - 1;
+constexpr int32_t kSpace = 1 << 24;
+constexpr int32_t kNewline = 1 << 25;
+
+// Word wrap (TextRenderer(word_wrap=True); not in the reference): rows are filled greedily
+// up to image_size columns; a word (a run of glyphs other than U+0020 and "\n") that does
+// not fit in the rest of a row starts the next one, and a word wider than a row is broken
+// between glyphs. "\n" starts a new row and draws nothing; spaces where a row was wrapped
+// are dropped.
+template <typename Emit>
+inline void wrap_words(const std::vector<int32_t>& glyphs, const int32_t* glyph_cols,
+                       const LayoutParams& p, int32_t rows, Emit&& emit) {
+  const auto width = [&](int32_t tagged) { return cols_width(glyph_cols[tagged & kGlyphMask]); };
+  int32_t row = 0, x = 0;
+  bool wrapped = false;  // the current row began because the previous one was full
+  const auto next_row = [&](bool wrap) { ++row; x = 0; wrapped = wrap; };
+  const size_t n = glyphs.size();
+  for (size_t i = 0; i < n && row < rows;) {
+    const int32_t tagged = glyphs[i];
+    if (tagged & kNewline) { next_row(false); ++i; continue; }
+    if (tagged & kSpace) {
+      const int32_t w = width(tagged);
+      if (x == 0 && wrapped) { ++i; continue; }
+      if (x + w > p.image_size) { next_row(true); ++i; continue; }
+      if (w > 0) emit(GlyphItem{tagged & kGlyphMask, x | (row * p.cell_h) << 16});
+      x += w;
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    int64_t word = 0;
+    while (j < n && !(glyphs[j] & (kSpace | kNewline))) word += width(glyphs[j++]);
+    if (x > 0 && x + word > p.image_size) next_row(true);
+    for (; i < j && row < rows; ++i) {
+      const int32_t w = width(glyphs[i]);
+      if (x + w > p.image_size) next_row(true);
+      if (row >= rows) break;
+      if (w > 0) emit(GlyphItem{glyphs[i] & kGlyphMask, x | (row * p.cell_h) << 16});
+      x += w;
+      wrapped = false;
+    }
+    i = j;
+  }
+}
 
 // Lays out one string. `glyphs` is scratch space (reused across calls by the caller).
 // Calls emit(GlyphItem) for every glyph on a visible row, in order. Returns false if the
@@ -83,19 +129,25 @@ inline bool layout_string(const uint8_t* s, int64_t n, const int32_t* cmap,
     if (p.lower && cp >= 'A' && cp <= 'Z') cp += 'a' - 'A';
     int32_t g = cmap[cp];
     if (g < 0 || g >= p.num_glyphs) g = 0;
-    glyphs.push_back(g);
     const int32_t w = cols_width(glyph_cols[g]);
     if (w > max_width) max_width = w;
+    // glyph ids are < 2^23: the bits above carry what word wrapping needs to know
+    glyphs.push_back(g | (cp == ' ' ? kSpace : cp == '\n' ? kNewline : 0));
   }
   if (glyphs.empty()) return true;
   if (max_width >= p.image_size) return false;
+  const int32_t rows = (p.image_size + p.cell_h - 1) / p.cell_h;
+  if (p.word_wrap) {
+    wrap_words(glyphs, glyph_cols, p, rows, emit);
+    return true;
+  }
   // The reference's wrap: row of letter i = floor(float32(cumsum(width)[i]) / float32(div)).
   const float div = static_cast<float>(p.image_size - max_width);
-  const int32_t rows = (p.image_size + p.cell_h - 1) / p.cell_h;
   int64_t cum = 0;
   int64_t row = -1;
   int32_t x = 0;
-  for (const int32_t g : glyphs) {
+  for (const int32_t tagged : glyphs) {
+    const int32_t g = tagged & kGlyphMask;
     const int32_t w = cols_width(glyph_cols[g]);
     cum += w;
     const float q = std::floor(static_cast<float>(cum) / div);

@@ -104,7 +104,8 @@ void for_each_string(const TextBatch& t, Fn&& fn) {
 
 void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
                           const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
-                          int64_t max_chars, bool lower, int64_t background, at::Tensor& out) {
+                          int64_t max_chars, bool lower, int64_t background, at::Tensor& out,
+                          bool word_wrap) {
   const TextBatch t = check_text(text, offsets);
   check_cmap(cmap);
   CLIPPO_CHECK_CPU(atlas);
@@ -122,7 +123,7 @@ void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, con
   const uint8_t* atlas_ptr = atlas.data_ptr<uint8_t>();
   const uint8_t* atlas_end = atlas_ptr + atlas.numel();
   const int32_t* cols = glyph_cols.data_ptr<int32_t>();
-  const LayoutParams p{S, cell_h, max_chars, lower, num_glyphs};
+  const LayoutParams p{S, cell_h, max_chars, lower, num_glyphs, word_wrap};
   std::atomic<bool> too_narrow{false};
   const int32_t* cm = cmap.data_ptr<int32_t>();
   for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
@@ -138,20 +139,20 @@ void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, con
 
 at::Tensor render_text_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
                            const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
-                           int64_t max_chars, bool lower, int64_t background) {
+                           int64_t max_chars, bool lower, int64_t background, bool word_wrap) {
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "offsets must hold batch + 1 entries");
   TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
               image_size);
   at::Tensor out = empty_images(offsets.size(0) - 1, image_size);
   render_text_into_cpu(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
-                       background, out);
+                       background, out, word_wrap);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const at::Tensor& offsets,
                                                    const at::Tensor& cmap, const at::Tensor& glyph_cols,
                                                    int64_t image_size, int64_t cell_h, int64_t max_chars,
-                                                   bool lower, bool pin_memory) {
+                                                   bool lower, bool pin_memory, bool word_wrap) {
   const TextBatch t = check_text(text, offsets);
   check_cmap(cmap);
   CLIPPO_CHECK_CPU(glyph_cols);
@@ -168,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   }
   const int64_t rows = visible_rows(image_size, cell_h);
   const LayoutParams p{static_cast<int32_t>(image_size), static_cast<int32_t>(cell_h), max_chars, lower,
-                       num_glyphs};
+                       num_glyphs, word_wrap};
   // Lay out each string into its own list, then pack them: the count per row is only known
   // after layout, and the packing is a cheap copy.
   std::vector<std::vector<GlyphItem>> items(t.batch);

@@ -102,9 +102,51 @@ static void test_layout() {
   EXPECT_EQ(items[0].glyph, 0);
 }
 
+static void test_word_wrap() {
+  // Glyph 1 ('a') width 5, glyph 3 (' ') width 4; image 32 x 32: 2 rows of 16.
+  std::vector<int32_t> cmap(kNumCodePoints, 0);
+  cmap['a'] = 1;
+  cmap[' '] = 3;
+  std::vector<int32_t> cols = {0 | 4 << 16, 0 | 5 << 16, 0 | 9 << 16, 0 | 4 << 16};
+  LayoutParams p{32, 16, 0, true, 4, true};
+  std::vector<int32_t> scratch;
+  std::vector<GlyphItem> items;
+  auto run = [&](const std::string& s) {
+    items.clear();
+    layout_string(reinterpret_cast<const uint8_t*>(s.data()), s.size(), cmap.data(), cols.data(),
+                  p, scratch, [&](const GlyphItem& it) { items.push_back(it); });
+  };
+  // "aaa aaa": 15 + 4 + 15 = 34 > 32, so the second word moves to row 1, at x = 0, and the
+  // space that ends row 0 is drawn (it fits: 15 + 4 = 19).
+  run("aaa aaa");
+  EXPECT_EQ(items.size(), 7);
+  EXPECT_EQ(item_x(items[4].xy), 0);
+  EXPECT_EQ(item_y(items[4].xy), 16);
+  EXPECT_EQ(item_x(items[3].xy), 15);
+  // "\n" breaks the row and draws nothing.
+  run("a\na");
+  EXPECT_EQ(items.size(), 2);
+  EXPECT_EQ(item_y(items[1].xy), 16);
+  EXPECT_EQ(item_x(items[1].xy), 0);
+  // A word wider than a row (8 x 5 = 40 > 32) breaks between glyphs: 6 on row 0 (30 px).
+  run("aaaaaaaa");
+  EXPECT_EQ(items.size(), 8);
+  EXPECT_EQ(item_y(items[5].xy), 0);
+  EXPECT_EQ(item_y(items[6].xy), 16);
+  // Spaces where a row wraps are dropped: 6 a's fill row 0 (30), the spaces do not fit.
+  run("aaaaaa   a");
+  EXPECT_EQ(items.size(), 7);
+  EXPECT_EQ(item_x(items[6].xy), 0);
+  EXPECT_EQ(item_y(items[6].xy), 16);
+  // Rows past the bottom (2 rows of 16 px in 32) are dropped.
+  run("a\na\na\na");
+  EXPECT_EQ(items.size(), 2);
+}
+
 int main() {
   test_utf8();
   test_layout();
+  test_word_wrap();
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }
