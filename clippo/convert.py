@@ -21,6 +21,8 @@ import math
 import os
 import sys
 import uuid
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +112,8 @@ class _Checkpoint:
     def __init__(self, path):
         try:
             npz = np.load(path, allow_pickle=False)  # never unpickle a checkpoint
-        except (ValueError, EOFError) as e:  # a missing file stays FileNotFoundError
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # (a missing file stays FileNotFoundError)
             raise ValueError(f"cannot read {path} as a .npz checkpoint: {e}") from e
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError(f"{path} holds a single array, not a .npz checkpoint")
@@ -173,6 +176,8 @@ class _Checkpoint:
             except ValueError as e:  # object arrays are refused by allow_pickle=False
                 raise ValueError(f"checkpoint entry {key!r} cannot be loaded without "
                                  f"unpickling (refused): {e}") from None
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                raise ValueError(f"checkpoint entry {key!r} is damaged: {e}") from None
             if arr.dtype.kind != "f":
                 raise ValueError(f"checkpoint entry {key!r} has dtype {arr.dtype}, "
                                  f"expected floats")

@@ -253,3 +253,16 @@ def test_bad_files(tmp_path, params):
         CLIPPO.from_pretrained(tmp_path / "sp")
     with pytest.raises(FileNotFoundError, match="config.json"):
         CLIPPO.from_pretrained(tmp_path)
+
+
+def test_damaged_npz_is_a_value_error(tmp_path, params):
+    # a truncated file and a corrupted member both give the documented ValueError
+    data = _save(tmp_path, params).read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = tmp_path / "corrupt.npz"
+    mid = len(data) // 2
+    corrupt.write_bytes(data[:mid - 100] + bytes(200) + data[mid + 100:])
+    for path in (truncated, corrupt):
+        with pytest.raises(ValueError):
+            CLIPPO.from_big_vision(path)

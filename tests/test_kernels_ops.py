@@ -135,3 +135,16 @@ def test_triton_backend_without_triton_raises():
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     assert "raised: the clippo 'triton' kernel backend was requested" in proc.stdout
+
+
+def test_unavailable_triton_backend_leaves_the_backend_unchanged(monkeypatch):
+    from clippo.kernels import _utils
+    monkeypatch.setattr(_utils, "HAS_TRITON", False)
+    before = _utils.get_backend()
+    with pytest.raises(RuntimeError):
+        _utils.set_backend("triton")
+    assert _utils.get_backend() == before
+    with pytest.raises(RuntimeError):
+        with _utils.use_backend("triton"):
+            pass
+    assert _utils.get_backend() == before

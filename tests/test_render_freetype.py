@@ -380,3 +380,15 @@ def test_font_size_beyond_the_rasterizer_limit_is_a_value_error(tmp_path):
     font.write_text(f"0041:{hex_rows(BAR)}\n")
     with pytest.raises(ValueError):
         clippo.TextRenderer(font=font, font_size=257, image_size=600)(["A"])
+
+
+@needs_dejavu
+def test_failed_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPPO_CACHE_DIR", str(tmp_path))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(atlas_lib.np, "savez", disk_full)
+    atlas = fresh_load(DEJAVU)
+    assert len(atlas) > 100
+    assert list(tmp_path.iterdir()) == []

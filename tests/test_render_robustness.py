@@ -475,3 +475,22 @@ def test_intra_op_thread_count_does_not_change_pixels():
         torch.set_num_threads(before)
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
+
+
+def test_corrupt_gzip_font_is_a_font_error(tmp_path):
+    from clippo.text.atlas import FontError
+    good = gzip.compress(b"0041:" + b"00" * 16 + b"\n" * 1 + b"0042:" + b"FF" * 16 + b"\n")
+    bad = bytearray(good)
+    for i in range(12, min(40, len(bad))):
+        bad[i] ^= 0x5A
+    path = tmp_path / "bad.hex.gz"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(FontError):
+        clippo.TextRenderer(font=path)
+
+
+def test_encode_texts_reads_one_shot_iterables_once():
+    from clippo.text.render import encode_texts
+    want_text, want_off = encode_texts(["abc", b"de", "f"])
+    got_text, got_off = encode_texts(s for s in ["abc", b"de", "f"])
+    assert torch.equal(got_off, want_off) and torch.equal(got_text, want_text)

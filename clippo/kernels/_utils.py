@@ -46,17 +46,20 @@ def get_backend():
 
 
 def set_backend(name):
-    """Select the kernel backend for all later calls; returns the previous one."""
+    """Select the kernel backend for all later calls, in every thread (the choice is
+    process-wide); returns the previous one. Unchanged if `name` is invalid or unavailable."""
     global _backend
-    prev, _backend = _backend, _check(name)
-    if _backend == "triton":
+    name = _check(name)
+    if name == "triton":
         require_triton()
+    prev, _backend = _backend, name
     return prev
 
 
 @contextlib.contextmanager
 def use_backend(name):
-    """Context manager: `with clippo.kernels.use_backend("torch"): ...`."""
+    """Context manager: `with clippo.kernels.use_backend("torch"): ...` (process-wide while
+    the block runs, like set_backend)."""
     prev = set_backend(name)
     try:
         yield

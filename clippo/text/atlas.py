@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def _read_text(path):
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         return raw.decode("ascii")
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as e:
         raise FontError(f"cannot read font file {path}: {e}") from e
 
 
@@ -203,14 +204,16 @@ def load_freetype_atlas(font, font_size, antialias=False):
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache entry is rebuilt below
     cells, code_points, glyphs = _rasterise_freetype(path, font_size, antialias)
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz.tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, cells=cells, code_points=code_points, glyphs=glyphs)
         os.replace(tmp, cache)
-    except OSError:
-        pass  # caching is an optimisation; a read-only home still renders
+    except OSError:  # caching is an optimisation; a read-only or full disk still renders
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     cmap = np.zeros(NUM_CODE_POINTS, np.int32)
     cmap[code_points] = glyphs
     return GlyphAtlas(cells, cmap, not antialias, path.name)

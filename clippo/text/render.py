@@ -37,6 +37,7 @@ def encode_texts(texts, max_chars=None):
     bytes. Anything else is a TypeError. With `max_chars`, strings longer than
     4 * max_chars bytes are cut there: no code point that survives truncation is affected.
     """
+    texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # may be read twice
     try:
         encoded = [t.encode() for t in texts]
     except (AttributeError, UnicodeEncodeError, TypeError):
@@ -120,6 +121,10 @@ class TextRenderer:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device}")
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            # pin "cuda" to the GPU current now, so later calls from other threads or after
+            # torch.cuda.set_device keep drawing where the atlas is
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda":
             from clippo import _ext
             if not _ext.load():
