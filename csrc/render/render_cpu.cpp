@@ -31,8 +31,16 @@ int64_t check_tables(const at::Tensor& glyph_cols, const at::Tensor& atlas, int6
   TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
               image_size);
   if (glyph_cols.device().is_cpu()) {  // CUDA tables were checked on the CPU before upload
+    // Runs on every call: a branch-free int32 pass the compiler vectorises (an int64 compare
+    // stops it), then a search for the culprit only when something is wrong.
     const int32_t* cols = glyph_cols.data_ptr<int32_t>();
-    for (int64_t g = 0; g < n; ++g) {
+    const int32_t cell_w32 = static_cast<int32_t>(cell_w);
+    int32_t bad = 0;
+    for (int64_t g = 0; g < n; ++g) {  // width < 0 exactly when the packed value is negative
+      const int32_t c = cols[g];
+      bad |= (c < 0) | (cols_first(c) + cols_width(c) > cell_w32);
+    }
+    for (int64_t g = 0; bad && g < n; ++g) {
       const int32_t first = cols_first(cols[g]), width = cols_width(cols[g]);
       TORCH_CHECK(width >= 0 && first + width <= cell_w,
                   "glyph_cols[", g, "] keeps columns outside its cell");
@@ -164,7 +172,9 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   TORCH_CHECK(num_glyphs >= 1 && num_glyphs < (1 << 23),
               "glyph_cols must have 1 .. 2^23 - 1 entries (glyph 0 is the empty cell), got ", num_glyphs);
   const int32_t* cols = glyph_cols.data_ptr<int32_t>();
-  for (int64_t g = 0; g < num_glyphs; ++g) {
+  int32_t negative = 0;  // branch-free so it vectorises: this runs on every call
+  for (int64_t g = 0; g < num_glyphs; ++g) negative |= cols[g] < 0;
+  for (int64_t g = 0; negative && g < num_glyphs; ++g) {
     TORCH_CHECK(cols_width(cols[g]) >= 0, "glyph_cols[", g, "] has a negative width");
   }
   const int64_t rows = visible_rows(image_size, cell_h);
