@@ -1,11 +1,22 @@
 """Encoder throughput: clippo's ViT (Triton kernels) vs torch baselines, side by side.
 
 Providers, all in one run on the same inputs:
-  clippo/triton      CLIPPO tower, Triton patch embedding + attention (CUDA only)
+  clippo/triton      CLIPPO tower, Triton patch embedding + attention (CUDA only; the default)
+  clippo/triton +ln, +dense, +all
+                     the same with the optional kernels on (clippo.kernels.use_fusions):
+                     Triton LayerNorm; the Dense layers as one GEMM with the bias + GELU or
+                     residual add in its epilogue; both
+  clippo/triton compiled
+                     the default model under torch.compile (inductor fuses LayerNorm, GELU and
+                     the residual adds; the Triton ops stay)
   clippo/torch       the same model with CLIPPO_KERNELS=torch (conv2d + SDPA), eager
   timm-style/compile an equivalent ViT built from torch ops (Conv2d, fused qkv Linear, SDPA,
                      LayerNorm, tanh-GELU, MAP head) under torch.compile: the baseline
   text: render_and_encode(strings) vs encode_image(already rendered uint8)
+
+--profile FILE writes torch.profiler's table of the top CUDA kernels of a few forwards of
+clippo/triton (default and all fusions on) and of the compiled baseline: where the time goes,
+to choose the next fusion.
 
 Reports images/s, TFLOP/s (explicit FLOP count of the architecture) and MFU against the
 GPU's dense bf16 peak. On a CPU-only machine it runs a small variant in fp32 (no compile
@@ -16,6 +27,7 @@ unless --compile) so the script is exercised everywhere; those numbers are not t
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from _common import environment, measure, print_table, write_json  # noqa: E402
 
 import clippo  # noqa: E402
@@ -90,6 +103,32 @@ class TimmStyleViT(nn.Module):
         return z / (z.norm(dim=-1, keepdim=True) + 1e-8)
 
 
+def write_profiles(path, providers, device, steps=3, top=25):
+    """torch.profiler tables (self CUDA time, top kernels) of a few calls of each provider."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    parts = []
+    with torch.inference_mode():
+        for name, backend, fusions, fn in providers:
+            with kernels.use_backend(backend), kernels.use_fusions(fusions):
+                try:
+                    fn()
+                    with profile(activities=activities) as prof:
+                        for _ in range(steps):
+                            fn()
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                except Exception as e:
+                    parts.append(f"## {name}: failed: {type(e).__name__}: {e}\n")
+                    continue
+            table = prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
+            parts.append(f"## {name} ({steps} calls)\n{table}\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(parts))
+    print(f"wrote {path}")
+
+
 def peak_for(name, override):
     if override:
         return override
@@ -108,6 +147,12 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the baseline on CPU too")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="write a profile of the top CUDA kernels per provider to FILE")
+    p.add_argument("--no-compile-clippo", action="store_true",
+                   help="leave out the compiled clippo provider (saves its compile time)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds; no new provider starts after this")
     p.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
     args = p.parse_args(argv)
 
@@ -134,58 +179,100 @@ def main(argv=None):
     baseline = TimmStyleViT(sizes["width"], sizes["depth"], sizes["mlp_dim"], sizes["num_heads"],
                             sizes["patch_size"], args.image_size, 768).to(device, dtype).eval()
 
+    # (name, kernel backend, optional kernels on, fn), most important first: with --budget
+    # (or an outer timeout) the key rows are measured before the rest
     providers = []
-    if cuda and kernels.HAS_TRITON:
-        providers.append(("clippo/triton", "triton", lambda: model.encode_image(images)))
-        providers.append(("clippo/triton uint8 in", "triton", lambda: model.encode_image(images_u8)))
-    providers.append(("clippo/torch eager", "torch", lambda: model.encode_image(images)))
-    providers.append(("timm-style eager", "torch", lambda: baseline(images)))
+    triton_ok = cuda and kernels.HAS_TRITON
+    if triton_ok:
+        encode = model.encode_image
+        providers.append(("clippo/triton", "auto", "none", lambda: encode(images)))
     if cuda or args.compile:
         compiled = torch.compile(baseline)
-        providers.append(("timm-style/compile", "torch", lambda: compiled(images)))
+        providers.append(("timm-style/compile", "torch", "none", lambda: compiled(images)))
+    providers.append(("text", None, None, None))  # render_and_encode vs pre-rendered
+    if triton_ok:
+        providers += [
+            ("clippo/triton +all", "auto", "all", lambda: encode(images)),
+            ("profile", None, None, None),  # where the time goes, before the rest
+            ("clippo/triton +dense", "auto", "linear", lambda: encode(images)),
+            ("clippo/triton +ln", "auto", "layer_norm", lambda: encode(images)),
+            ("clippo/triton uint8 in", "auto", "none", lambda: encode(images_u8)),
+        ]
+        if not args.no_compile_clippo:
+            compiled_clippo = torch.compile(model.encode_image)
+            providers.append(("clippo/triton compiled", "auto", "none",
+                              lambda: compiled_clippo(images)))
+    providers.append(("clippo/torch eager", "torch", "none", lambda: model.encode_image(images)))
+    providers.append(("timm-style eager", "torch", "none", lambda: baseline(images)))
 
-    rows = []
-    with torch.inference_mode():
-        for name, backend, fn in providers:
-            with kernels.use_backend(backend):
-                try:
-                    t = measure(fn, device=device, warmup=2, reps=reps)
-                except Exception as e:  # a provider that fails is reported, not fatal
-                    print(f"{name}: failed: {type(e).__name__}: {e}")
-                    continue
-            ips = batch / t["p50"]
-            tflops = flops * ips / 1e12
-            rows.append(dict(provider=name, batch=batch, ms=t["p50"] * 1e3, images_per_s=ips,
-                             tflops=tflops, mfu=(tflops / peak if peak else None)))
+    texts = [f"caption {i}: a photo of a small dog playing with a red ball in the park"
+             for i in range(batch)]
+    renderer = model.renderer()
+    rendered = renderer(texts)
+    rows, text_rows, skipped = [], [], []
+    extra = dict(variant=variant, dtype=str(dtype), gflops_per_image=flops / 1e9,
+                 peak_tflops=peak)
+
+    def finish_rows():
         base = next((r for r in rows if r["provider"] == "timm-style/compile"),
                     next((r for r in rows if r["provider"] == "timm-style eager"), None))
         for r in rows:
             r["vs_baseline"] = r["images_per_s"] / base["images_per_s"] if base else None
 
-        # Text: strings -> render -> encode, against encoding the same images pre-rendered.
-        texts = [f"caption {i}: a photo of a small dog playing with a red ball in the park"
-                 for i in range(batch)]
-        renderer = model.renderer()
-        rendered = renderer(texts)
-        backend = "auto"
-        with kernels.use_backend(backend):
-            t_pre = measure(lambda: model.encode_image(rendered), device=device, warmup=2, reps=reps)
-            t_full = measure(lambda: clippo.render_and_encode(model, texts), device=device,
-                             warmup=2, reps=reps)
-        text_rows = [
-            dict(provider="encode pre-rendered uint8", batch=batch, ms=t_pre["p50"] * 1e3,
-                 images_per_s=batch / t_pre["p50"], ratio=1.0),
-            dict(provider="render_and_encode(strings)", batch=batch, ms=t_full["p50"] * 1e3,
-                 images_per_s=batch / t_full["p50"], ratio=t_pre["p50"] / t_full["p50"]),
-        ]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for name, backend, fusions, fn in providers:
+            if args.budget and time.perf_counter() - start > args.budget:
+                skipped.append(name)
+                continue
+            if name == "profile":
+                if args.profile:
+                    keep = {"clippo/triton", "clippo/triton +all", "timm-style/compile"}
+                    write_profiles(args.profile, [p for p in providers if p[0] in keep], device)
+                continue
+            if name == "text":  # strings -> render -> encode, vs the same images pre-rendered
+                t_pre = measure(lambda: model.encode_image(rendered), device=device, warmup=2,
+                                reps=reps)
+                t_full = measure(lambda: clippo.render_and_encode(model, texts), device=device,
+                                 warmup=2, reps=reps)
+                text_rows = [
+                    dict(provider="encode pre-rendered uint8", batch=batch,
+                         ms=t_pre["p50"] * 1e3, images_per_s=batch / t_pre["p50"], ratio=1.0),
+                    dict(provider="render_and_encode(strings)", batch=batch,
+                         ms=t_full["p50"] * 1e3, images_per_s=batch / t_full["p50"],
+                         ratio=t_pre["p50"] / t_full["p50"]),
+                ]
+            else:
+                with kernels.use_backend(backend), kernels.use_fusions(fusions):
+                    try:
+                        t = measure(fn, device=device, warmup=2, reps=reps)
+                    except Exception as e:  # a provider that fails is reported, not fatal
+                        print(f"{name}: failed: {type(e).__name__}: {e}")
+                        continue
+                ips = batch / t["p50"]
+                tflops = flops * ips / 1e12
+                rows.append(dict(provider=name, batch=batch, ms=t["p50"] * 1e3,
+                                 images_per_s=ips, tflops=tflops,
+                                 mfu=(tflops / peak if peak else None)))
+                finish_rows()
+            print(f"  {name}: done ({time.perf_counter() - start:.0f} s)")
+            # rewritten after every provider: a run cut short keeps what it measured
+            write_json("encode", rows + text_rows, out_dir=args.out,
+                       extra=dict(extra, complete=False))
+    if skipped:
+        print(f"time budget of {args.budget:.0f} s spent: skipped {', '.join(skipped)}")
+
+    if args.profile and not triton_ok:  # (with Triton it ran after the key providers)
+        keep = {"timm-style/compile", "timm-style eager"}
+        write_profiles(args.profile, [p for p in providers if p[0] in keep], device)
 
     title = f"{variant} forward, {str(dtype).replace('torch.', '')}, {device} ({gpu or 'CPU'})"
     print_table(rows, ["provider", "batch", "ms", "images_per_s", "tflops", "mfu", "vs_baseline"],
                 title=title + f", {flops / 1e9:.1f} GFLOP/image")
     print_table(text_rows, ["provider", "batch", "ms", "images_per_s", "ratio"],
                 title="text: render_and_encode vs encoding already-rendered images")
-    write_json("encode", rows + text_rows, extra=dict(variant=variant, dtype=str(dtype),
-               gflops_per_image=flops / 1e9, peak_tflops=peak), out_dir=args.out)
+    write_json("encode", rows + text_rows, out_dir=args.out,
+               extra=dict(extra, complete=not skipped, skipped=skipped))
     return 0
 
 

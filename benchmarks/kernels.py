@@ -19,6 +19,10 @@ timeout still leaves its rows ("complete": false until the end). --quick: two jo
     flops = 4 * B * H * Lq * Lk * Dh (forward), 2.5x that for the backward (5 matmuls vs 2).
 layer norm (optional kernel): clippo's vs F.layer_norm at [B, 196, 768] bf16, reported in GB/s
 of the minimal traffic (memory-bound).
+fused linear (optional kernel): clippo's GEMM with its epilogue (bias + tanh-GELU, or bias +
+residual add) vs the same in torch eager (cuBLAS addmm, then GELU / add) and under
+torch.compile, at the ViT-B MLP shapes (768 -> 3072 GELU, 3072 -> 768 + residual).
+    flops = 2 * M * N * K (forward), 3x that for forward+backward.
 
 Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
 |difference| of the output (and, for fwd+bwd, of every gradient) against the baseline's (a
@@ -44,6 +48,7 @@ import clippo.kernels as K  # noqa: E402
 _pe = sys.modules["clippo.kernels.patch_embed"]
 _attn = sys.modules["clippo.kernels.attention"]
 _ln = sys.modules["clippo.kernels.layer_norm"]
+_lin = sys.modules["clippo.kernels.linear"]
 
 COLUMNS = ["kernel", "shape", "input", "mode", "provider", "ms", "ms_p20", "ms_p80", "tflops",
            "gbps", "speedup", "max_diff"]
@@ -218,6 +223,50 @@ def bench_layer_norm(batches, device, with_triton, reps, width=768, tokens=196):
     return rows
 
 
+# ------------------------------------------------------------------------------ fused linear
+
+
+def bench_linear(batch, k, n, epilogue, device, with_triton, reps, tokens=196):
+    """act(x W^T + b) [+ residual] at [batch * tokens, k] -> n, bf16."""
+    m = batch * tokens
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16, generator=g)
+    w = (torch.randn(n, k, device=device, generator=g) * k ** -0.5).to(torch.bfloat16)
+    b = torch.randn(n, device=device, dtype=torch.bfloat16, generator=g)
+    r = torch.randn(m, n, device=device, dtype=torch.bfloat16, generator=g)
+    act, res = ("gelu", None) if epilogue == "gelu" else (None, r)
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+
+    def eager(x, w, b):
+        return _lin.linear_ref(x, w, b, res, act)
+    providers = {"torch eager": eager, "torch.compile": torch.compile(eager)}
+    if with_triton:
+        providers["clippo-triton"] = lambda x, w, b: _lin.linear_op(x, w, b, res, act)
+    shape = f"M={m} K={k} N={n} {'gelu' if act else '+residual'}"
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        flops = 2 * m * n * k * (1 if mode == "fwd" else 3)
+        ref_out, group = None, []
+        for name, fn in providers.items():
+            def run(fn=fn, mode=mode):
+                if mode == "fwd":
+                    with torch.no_grad():
+                        return fn(x, w, b)
+                y = fn(x, w, b)
+                return y, torch.autograd.grad(y, leaves, torch.ones_like(y))
+            try:
+                out = _flat(run())
+                t = measure(run, device=device, warmup=3, reps=reps)
+            except Exception as e:
+                print(f"  {name} linear {shape} {mode}: failed: {e!r}")
+                t, out = None, None
+            if ref_out is None and out is not None:
+                ref_out = [o.float() for o in out]
+            group.append(_row("linear", shape, "bf16", mode, name, t, flops, out, ref_out))
+        rows += _speedups(group)
+    return rows
+
+
 # ------------------------------------------------------------------------------ rows
 
 
@@ -259,7 +308,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="directory for the JSON (default: "
                     "benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="smallest shapes only")
-    ap.add_argument("--only", choices=["patch", "attention", "layer_norm"], default=None)
+    ap.add_argument("--only", choices=["patch", "attention", "layer_norm", "linear"],
+                    default=None)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--budget", type=float, default=120.0,
                     help="seconds; no new job starts after this (default 120: autotuning on "
@@ -277,6 +327,9 @@ def main(argv=None):
             rows += bench_attention([(2, 12, 197, 197, 64)], "cpu", False, reps=3)
         if args.only in (None, "layer_norm"):
             rows += bench_layer_norm([2], "cpu", False, reps=3)
+        if args.only in (None, "linear"):
+            rows += bench_linear(1, 768, 3072, "gelu", "cpu", False, reps=3)
+            rows += bench_linear(1, 3072, 768, "res", "cpu", False, reps=3)
         print_table(rows, COLUMNS, title="kernels (CPU, torch providers only)")
         write_json("kernels_cpu", rows, out_dir=args.out)
         return 0
@@ -289,9 +342,11 @@ def main(argv=None):
     patch = lambda b: lambda: bench_patch([b], device, patch_providers(tri), args.reps)  # noqa
     attn = lambda *s: lambda: bench_attention([s], device, tri, args.reps)  # noqa
     norm = lambda b: lambda: bench_layer_norm([b], device, tri, args.reps)  # noqa
+    dense = lambda *s: lambda: bench_linear(*s, device, tri, args.reps)  # noqa
     # most important first, so that a time budget or a kill still leaves the key rows.
     # CLIPPO has no class token: 196 tokens; 197 (ragged blocks) is for class-token ViTs.
-    jobs = [("patch", patch(256)), ("attention", attn(256, 12, 196, 196, 64))]
+    jobs = [("patch", patch(256)), ("attention", attn(256, 12, 196, 196, 64)),
+            ("linear", dense(256, 768, 3072, "gelu")), ("linear", dense(256, 3072, 768, "res"))]
     if not args.quick:
         jobs += [("attention", attn(1024, 12, 1, 196, 64)),  # MAP head
                  ("attention", attn(1024, 12, 196, 196, 64)), ("patch", patch(1024)),
@@ -300,7 +355,7 @@ def main(argv=None):
                  ("attention", attn(64, 6, 576, 576, 128))]
     jobs += [("layer_norm", norm(256))] + ([] if args.quick else [("layer_norm", norm(1024))])
     notes = ("speedup = baseline ms / ms; baselines: conv2d (patch embed), best SDPA backend "
-             "(attention), F.layer_norm; max_diff: max |difference| vs the baseline's output "
+             "(attention), F.layer_norm, torch eager linear + epilogue; max_diff: max |difference| vs the baseline's output "
              "and gradients")
     rows, skipped, start = [], [], time.perf_counter()
     for kind, job in jobs:

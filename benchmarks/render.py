@@ -161,7 +161,7 @@ def main(argv=None):
             group.append(dict(workload=name, provider="PIL ImageDraw",
                               note=f"skipped: {font_note}"))
 
-        for threads in (1, 2):
+        for threads in sorted({1, 2, threads_before}):  # the machine's default too
             torch.set_num_threads(threads)
             t = measure(lambda: renderer(texts), warmup=2, reps=reps, min_time=min_time)
             row("clippo CPU", t["p50"], batch, threads, "fresh output")

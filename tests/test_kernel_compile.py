@@ -53,9 +53,21 @@ def _cases():
             return x, w, w.clone()
         return build
 
+    def dense(dtype, k, n, gelu):
+        def build():
+            x = torch.empty(8, 197, k, dtype=dtype, device=meta)
+            w = torch.empty(n, k, dtype=dtype, device=meta)
+            b = torch.empty(n, dtype=dtype, device=meta)
+            r = None if gelu else torch.empty(8, 197, n, dtype=dtype, device=meta)
+            return x, w, b, r, "gelu" if gelu else None
+        return build
+
     cases = []
     for dtype in (torch.bfloat16, torch.float32):
         cases.append((f"layer_norm {str(dtype).split('.')[-1]}", "norm", norm(dtype)))
+        for k, n, gelu in ((768, 3072, True), (3072, 768, False)):
+            cases.append((f"linear {str(dtype).split('.')[-1]} {k}->{n}"
+                          f"{' gelu' if gelu else ' +res'}", "linear", dense(dtype, k, n, gelu)))
         name = str(dtype).split(".")[-1]
         for uint8 in (True, False):
             cases.append((f"patch_embed {name} {'uint8' if uint8 else 'float'}", "patch",
@@ -65,7 +77,7 @@ def _cases():
     return cases
 
 
-def _capture(pe, at, ln, torch):
+def _capture(pe, at, ln, lin, torch):
     """Patch the modules' `launcher` so a launch records (kernel, args, kwargs) instead."""
     calls = []
 
@@ -78,7 +90,7 @@ def _capture(pe, at, ln, torch):
                 calls.append((self.kernel, args, kwargs))
             return call
 
-    pe.launcher = at.launcher = ln.launcher = Capture
+    pe.launcher = at.launcher = ln.launcher = lin.launcher = Capture
     return calls
 
 
@@ -129,10 +141,11 @@ def compile_all(all_configs):
     pe = importlib.import_module("clippo.kernels.patch_embed")
     at = importlib.import_module("clippo.kernels.attention")
     ln = importlib.import_module("clippo.kernels.layer_norm")
+    lin = importlib.import_module("clippo.kernels.linear")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                              "cuobjdump")
     target = GPUTarget("cuda", 90, 32)
-    calls = _capture(pe, at, ln, torch)
+    calls = _capture(pe, at, ln, lin, torch)
     for label, kind, build in _cases():
         start = len(calls)
         if kind == "patch":
@@ -143,6 +156,9 @@ def compile_all(all_configs):
             x, w, b = build()
             y, mean, rstd = ln.layer_norm_fwd(x, w, b)
             ln.layer_norm_bwd(y, x, w, mean, rstd)
+        elif kind == "linear":
+            x, w, b, r, act = build()
+            lin.linear_fwd(x, w, b, r, act, save_pre=act is not None)
         else:
             q, k, v = build()
             out, lse = at.attention_fwd(q, k, v)
@@ -195,7 +211,8 @@ def trace_cuda_path():
         # (no indexing of fake CUDA tensors here: a CPU build of torch cannot do it)
         y, mean, rstd = torch.ops.clippo.layer_norm_fwd(x, b, b, 1e-6)
         dx, dln_w, dln_b = torch.ops.clippo.layer_norm_bwd(y, x, b, mean, rstd)
-        return o, dq, dk, dv, x, gw, dx, dln_w
+        z, pre = torch.ops.clippo.linear(x, w.reshape(768, 768), b, x, True, True)
+        return o, dq, dk, dv, x, gw, dx, dln_w, z, pre
 
     codes = {}
     for dtype in (torch.bfloat16, torch.float32):
@@ -245,7 +262,7 @@ def test_kernels_compile_for_hopper():
     kernels = {r["kernel"] for r in rows}
     assert {"patch_embed_fwd_kernel", "patch_embed_grad_weight_kernel", "attn_fwd_kernel",
             "attn_bwd_delta_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel",
-            "layer_norm_fwd_kernel", "layer_norm_bwd_kernel"} <= kernels
+            "layer_norm_fwd_kernel", "layer_norm_bwd_kernel", "linear_kernel"} <= kernels
     errors = [r for r in rows if "error" in r]
     assert not errors, errors
     for r in rows:
@@ -256,7 +273,8 @@ def test_kernels_compile_for_hopper():
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="triton without its NVIDIA backend")
 def test_cuda_path_traces_to_triton_kernels():
     """As torch.compile will see the ops on a GPU: every op becomes wrap_triton kernel calls
-    (1 forward + 3 backward attention kernels, 2 patch-embedding kernels, 2 layer-norm ones)."""
+    (1 forward + 3 backward attention kernels, 2 patch-embedding kernels, 2 layer-norm ones,
+    the fused linear)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, __file__, "--trace"], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -264,9 +282,9 @@ def test_cuda_path_traces_to_triton_kernels():
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(codes) == {"torch.bfloat16", "torch.float32"}
     for dtype, code in codes.items():
-        assert code.count("triton_kernel_wrapper_functional(") == 8, (dtype, code)
+        assert code.count("triton_kernel_wrapper_functional(") == 9, (dtype, code)
         for op in ("attention_fwd", "attention_bwd", "patch_embed", "layer_norm_fwd",
-                   "layer_norm_bwd"):
+                   "layer_norm_bwd", "linear"):
             assert f"clippo.{op}" not in code, (dtype, op)
 
 

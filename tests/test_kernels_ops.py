@@ -116,6 +116,17 @@ def test_backend_from_environment():
     assert proc.returncode != 0 and "unknown clippo kernel backend 'gpu'" in proc.stderr
 
 
+def test_fusions_from_environment():
+    code = "import clippo.kernels as K; print(K.get_fusions())"
+    for spec, want in (("all", "('layer_norm', 'linear')"), ("linear", "('linear',)"),
+                       (" layer_norm , linear", "('layer_norm', 'linear')"), ("none", "()"),
+                       ("", "()")):
+        proc = _python(code, CLIPPO_FUSE=spec)
+        assert proc.returncode == 0 and proc.stdout.strip() == want, (spec, proc.stderr)
+    proc = _python(code, CLIPPO_FUSE="gelu")
+    assert proc.returncode != 0 and "unknown clippo fusion(s) ['gelu']" in proc.stderr
+
+
 def test_triton_backend_without_triton_raises():
     """A CPU install without triton: the torch paths work, asking for Triton raises."""
     code = (

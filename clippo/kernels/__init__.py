@@ -13,11 +13,16 @@ Public functions (stable signatures; the model calls only these):
         non-causal softmax attention, the semantics of F.scaled_dot_product_attention
         (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v.
 
-Optional extra (the model may adopt it; not part of the stable pair above):
+Optional kernels (the model calls them; under "auto" they run in Triton only when enabled,
+since no GPU profile has yet shown that they pay; see "Backends"):
 
     layer_norm(x, weight, bias, eps=1e-6) -> like x
         LayerNorm over the last dim, statistics in fp32; Triton forward and backward
         (F.layer_norm under torch.autocast, which runs it in fp32).
+    linear(x, weight, bias=None, *, activation=None, residual=None) -> [..., N]
+        act(x @ weight^T + bias) + residual in one Triton GEMM, activation None or "gelu"
+        (tanh approximation); the epilogue replaces the separate GELU and residual-add passes.
+        Differentiable in all tensors.
 
 Backends ("auto", "triton", "torch"): the initial one comes from the environment variable
 CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a block,
@@ -25,7 +30,9 @@ CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a bloc
     auto    Triton ops for CUDA tensors when triton imports, plain torch otherwise.
     triton  always the registered ops torch.ops.clippo.* (Triton on CUDA; on the CPU their
             kernels are the torch references); RuntimeError if triton is missing.
-    torch   conv2d / F.scaled_dot_product_attention / F.layer_norm.
+    torch   conv2d / F.scaled_dot_product_attention / F.layer_norm / F.linear.
+Optional kernels: "auto" runs them in Triton only when enabled with CLIPPO_FUSE=layer_norm,linear
+(or "all"), set_fusions(...) or `with use_fusions(...)`; "triton" always, "torch" never.
 Inputs the Triton kernels do not take go to the torch path whatever the backend: attention
 with a head dim above 128 or v's head dim != q's, and float64 (both functions).
 
@@ -36,6 +43,7 @@ Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
     clippo::attention_bwd(grad_out, q, k, v, out, lse2, scale) -> (dq, dk, dv)
     clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)
     clippo::layer_norm_bwd(grad_y, x, weight, mean, rstd) -> (dx, dweight, dbias)
+    clippo::linear(x, weight, bias?, residual?, gelu, save_pre) -> (y, pre-activation)
 
 CLIPPO_AUTOTUNE=0 (read at import) turns Triton autotuning off: each kernel uses its first,
 conservative config (quick GPU test runs).
@@ -45,22 +53,25 @@ import importlib
 import torch
 import torch.nn.functional as F
 
-from ._utils import (BACKENDS, HAS_TRITON, get_backend, set_backend, use_backend,  # noqa: F401
-                     use_ops)
+from ._utils import (BACKENDS, HAS_TRITON, OPTIONAL_KERNELS, get_backend,  # noqa: F401
+                     get_fusions, set_backend, set_fusions, use_backend, use_fusions, use_ops)
 
 # The submodules share names with the public functions below; load them under private names
 # (importing a submodule sets the package attribute, so this must come before the defs).
 _pe = importlib.import_module(".patch_embed", __name__)
 _attn = importlib.import_module(".attention", __name__)
 _ln = importlib.import_module(".layer_norm", __name__)
+_lin = importlib.import_module(".linear", __name__)
 
 patch_embed_ref = _pe.patch_embed_ref
 attention_ref = _attn.attention_ref
 layer_norm_ref = _ln.layer_norm_ref
+linear_ref = _lin.linear_ref
 
-__all__ = ["patch_embed", "attention", "layer_norm", "patch_embed_ref", "attention_ref",
-           "layer_norm_ref", "get_backend", "set_backend", "use_backend", "BACKENDS",
-           "HAS_TRITON"]
+__all__ = ["patch_embed", "attention", "layer_norm", "linear", "patch_embed_ref",
+           "attention_ref", "layer_norm_ref", "linear_ref", "get_backend", "set_backend",
+           "use_backend", "get_fusions", "set_fusions", "use_fusions", "BACKENDS",
+           "OPTIONAL_KERNELS", "HAS_TRITON"]
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -93,9 +104,24 @@ def layer_norm(x, weight, bias, eps=1e-6):
     """LayerNorm over the last dim (flax's default eps 1e-6): Triton fwd/bwd on CUDA."""
     # under autocast torch runs layer_norm in fp32 (fp32 output): keep exactly that behaviour
     if (x.dtype in _KERNEL_DTYPES and x.shape[-1] <= _ln.MAX_WIDTH and x.numel()
-            and not torch.is_autocast_enabled(x.device.type) and use_ops(x, weight, bias)):
+            and not torch.is_autocast_enabled(x.device.type)
+            and use_ops(x, weight, bias, optional="layer_norm")):
         return _ln.layer_norm_op(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def linear(x, weight, bias=None, *, activation=None, residual=None):
+    """act(x @ weight^T + bias) + residual; activation None or "gelu" (tanh approximation)."""
+    if activation not in _lin.ACTIVATIONS:
+        raise ValueError(f"linear: activation must be one of {_lin.ACTIVATIONS}, "
+                         f"got {activation!r}")
+    if x.dtype in _KERNEL_DTYPES and use_ops(x, weight, bias, residual, optional="linear"):
+        args = _autocast(x, weight, bias, residual)
+        # under autocast torch adds an fp32 residual in fp32: leave that case to torch
+        if residual is None or args[3].dtype == residual.dtype:
+            if len({t.dtype for t in args if t is not None}) == 1:
+                return _lin.linear_op(*args, activation)
+    return _lin.linear_ref(x, weight, bias, residual, activation)
 
 
 patch_embed.__doc__ = "Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."

@@ -8,12 +8,17 @@ Backends:
 
 The initial value comes from the environment variable CLIPPO_KERNELS (default "auto").
 CLIPPO_AUTOTUNE=0 (read at import) turns Triton autotuning off (first config of each kernel).
+
+Optional kernels ("layer_norm", "linear": fusions that must first show on a GPU profile that
+they pay) run under "auto" only when enabled: CLIPPO_FUSE=layer_norm,linear (or "all"), or
+set_fusions / use_fusions. The "triton" backend runs them always, "torch" never.
 """
 import contextlib
 import functools
 import os
 
 BACKENDS = ("auto", "triton", "torch")
+OPTIONAL_KERNELS = ("layer_norm", "linear")
 
 try:  # triton is optional: CPU-only installs use the torch references
     import triton  # noqa: F401
@@ -67,6 +72,49 @@ def use_backend(name):
         set_backend(prev)
 
 
+def _parse_fusions(spec):
+    if spec is None:
+        return frozenset()
+    if isinstance(spec, str):
+        spec = [s for s in spec.replace(" ", "").lower().split(",") if s]
+        if spec in (["none"], ["0"]):
+            return frozenset()
+        if spec == ["all"]:
+            return frozenset(OPTIONAL_KERNELS)
+    names = frozenset(spec)
+    unknown = sorted(str(n) for n in names - set(OPTIONAL_KERNELS))
+    if unknown:
+        raise ValueError(f"unknown clippo fusion(s) {unknown}; expected names from "
+                         f"{OPTIONAL_KERNELS}, 'all' or 'none'")
+    return names
+
+
+_fusions = _parse_fusions(os.environ.get("CLIPPO_FUSE", ""))
+
+
+def get_fusions():
+    """The optional kernels enabled under the "auto" backend, as a sorted tuple."""
+    return tuple(sorted(_fusions))
+
+
+def set_fusions(spec):
+    """Enable optional kernels under "auto": "all", "none", "layer_norm,linear" or an iterable
+    of names. Process-wide; returns the previous set (unchanged if `spec` is invalid)."""
+    global _fusions
+    prev, _fusions = _fusions, _parse_fusions(spec)
+    return prev
+
+
+@contextlib.contextmanager
+def use_fusions(spec):
+    """`with clippo.kernels.use_fusions("all"): ...` (process-wide while the block runs)."""
+    prev = set_fusions(spec)
+    try:
+        yield
+    finally:
+        set_fusions(prev)
+
+
 def require_triton():
     if not HAS_TRITON:
         raise RuntimeError(
@@ -74,13 +122,16 @@ def require_triton():
             f"({TRITON_IMPORT_ERROR}); install triton or use CLIPPO_KERNELS=auto/torch")
 
 
-def use_ops(*tensors):
-    """Whether a public function should call the registered torch.ops.clippo ops."""
+def use_ops(*tensors, optional=None):
+    """Whether a public function should call the registered torch.ops.clippo ops; `optional`
+    names an optional kernel, which "auto" runs only when it is enabled (set_fusions)."""
     if _backend == "torch":
         return False
     if _backend == "triton":
         require_triton()
         return True
+    if optional is not None and optional not in _fusions:
+        return False
     return HAS_TRITON and all(t.is_cuda for t in tensors if t is not None)
 
 

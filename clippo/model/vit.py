@@ -14,13 +14,14 @@ maps to one torch parameter by a fixed rule (see `clippo.convert`):
     img/MAPHead_0/probe                      img.MAPHead_0.probe
     img/head/{kernel,bias}                   img.head.{weight,bias}
 
-The patch embedding and every attention call go through `clippo.kernels`, which picks a
-Triton kernel on CUDA and a torch fallback elsewhere.
+The patch embedding, every attention call, LayerNorm and the Dense layers with an epilogue
+(bias + GELU, residual add) go through `clippo.kernels`, which picks a Triton kernel on CUDA and
+a torch fallback elsewhere (LayerNorm and the fused Dense only when enabled: see
+`clippo.kernels.set_fusions`). The parameters stay plain nn.Linear / nn.LayerNorm ones.
 """
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clippo import kernels
@@ -81,16 +82,21 @@ def _pair(x, name):
     return x
 
 
+def _dense(layer, x, activation=None, residual=None):
+    """act(layer(x)) + residual through the kernel that fuses the epilogue into the matmul."""
+    return kernels.linear(x, layer.weight, layer.bias, activation=activation, residual=residual)
+
+
 class MlpBlock(nn.Module):
-    """Dense -> GELU (tanh approximation, as flax's nn.gelu) -> Dense."""
+    """Dense -> GELU (tanh approximation, as flax's nn.gelu) -> Dense [+ residual]."""
 
     def __init__(self, width, mlp_dim):
         super().__init__()
         self.Dense_0 = nn.Linear(width, mlp_dim)
         self.Dense_1 = nn.Linear(mlp_dim, width)
 
-    def forward(self, x):
-        return self.Dense_1(F.gelu(self.Dense_0(x), approximate="tanh"))
+    def forward(self, x, residual=None):
+        return _dense(self.Dense_1, _dense(self.Dense_0, x, "gelu"), residual=residual)
 
     def init_weights(self):
         for dense in (self.Dense_0, self.Dense_1):
@@ -120,13 +126,14 @@ class MultiHeadDotProductAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, inputs_q, inputs_kv):
+    def forward(self, inputs_q, inputs_kv, residual=None):
         q = self._heads(self.query(inputs_q))
         k = self._heads(self.key(inputs_kv))
         v = self._heads(self.value(inputs_kv))
         y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
         b, _, n, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        y = y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return _dense(self.out, y, residual=residual)
 
     def init_weights(self):
         for dense in (self.query, self.key, self.value, self.out):
@@ -140,8 +147,15 @@ def _lecun_normal_(w, fan_in):
     nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) computed by clippo.kernels.layer_norm."""
+
+    def forward(self, x):
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
 def _layer_norm(width):
-    return nn.LayerNorm(width, eps=LN_EPS)
+    return LayerNorm(width, eps=LN_EPS)
 
 
 class Encoder1DBlock(nn.Module):
@@ -156,8 +170,8 @@ class Encoder1DBlock(nn.Module):
 
     def forward(self, x):
         y = self.LayerNorm_0(x)
-        x = x + self.MultiHeadDotProductAttention_0(y, y)
-        return x + self.MlpBlock_0(self.LayerNorm_1(x))
+        x = self.MultiHeadDotProductAttention_0(y, y, residual=x)
+        return self.MlpBlock_0(self.LayerNorm_1(x), residual=x)
 
 
 class Encoder(nn.Module):
@@ -194,7 +208,7 @@ class MAPHead(nn.Module):
     def forward(self, x):
         probe = self.probe.expand(x.shape[0], -1, -1)
         x = self.MultiHeadDotProductAttention_0(probe, x)
-        x = x + self.MlpBlock_0(self.LayerNorm_0(x))
+        x = self.MlpBlock_0(self.LayerNorm_0(x), residual=x)
         return x[:, 0]
 
 
