@@ -364,10 +364,13 @@ def _resolve_scale(q, scale):
 
 
 def attention_fwd(q, k, v, scale=None):
-    """Launch the forward kernel; returns (out [B, H, Lq, Dh], lse2 [B, H, Lq] fp32)."""
+    """Launch the forward kernel; returns (out [B, H, Lq, Dh] with [B, Lq, H, Dh] memory layout,
+    lse2 [B, H, Lq] fp32)."""
     b, h, lq, lk, dh = check_args(q, k, v)
     scale = _resolve_scale(q, scale)
-    out = torch.empty((b, h, lq, dh), device=q.device, dtype=q.dtype)
+    # [B, Lq, H, Dh] in memory: the model's merge of the heads, out.transpose(1, 2).reshape(
+    # B, Lq, H * Dh), is then a view instead of a copy of the whole activation
+    out = torch.empty((b, lq, h, dh), device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
     args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse,
             h, lq, lk, scale * LOG2E)

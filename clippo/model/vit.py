@@ -22,6 +22,7 @@ a torch fallback elsewhere (LayerNorm and the fused Dense only when enabled: see
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clippo import kernels
@@ -126,10 +127,22 @@ class MultiHeadDotProductAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _project(self, x, layers):
+        """x through several Dense layers as one GEMM (weights concatenated, a small copy);
+        returns per-layer views of the output, split into heads."""
+        if len(layers) == 1:
+            return [self._heads(layers[0](x))]
+        w = torch.cat([layer.weight for layer in layers])
+        b = torch.cat([layer.bias for layer in layers])
+        width = layers[0].weight.shape[0]
+        return [self._heads(y) for y in F.linear(x, w, b).split(width, dim=-1)]
+
     def forward(self, inputs_q, inputs_kv, residual=None):
-        q = self._heads(self.query(inputs_q))
-        k = self._heads(self.key(inputs_kv))
-        v = self._heads(self.value(inputs_kv))
+        if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
+            q, k, v = self._project(inputs_q, (self.query, self.key, self.value))
+        else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
+            (q,) = self._project(inputs_q, (self.query,))
+            k, v = self._project(inputs_kv, (self.key, self.value))
         y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
         b, _, n, _ = y.shape
         y = y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
