@@ -112,6 +112,18 @@ def test_kernel_strided_inputs():
                 ATOL[torch.float32] * 8, "strided")
 
 
+@needs_triton
+@pytest.mark.parametrize("lead,k,n", [((0,), 16, 8), ((3,), 0, 8), ((3,), 16, 0), ((0, 4), 0, 0)],
+                         ids=["no-rows", "K=0", "N=0", "all-empty"])
+def test_kernel_empty_sizes(lead, k, n):
+    """Empty rows, an empty contraction (x W^T = 0: the output is the epilogue of 0) or no
+    output columns: what torch returns, no launch error."""
+    x, w, b, r, _ = make(lead, k, n, torch.float32)
+    for act, res in (("gelu", None), (None, r)):
+        y, _ = lin.linear_fwd(x, w, b, res, act, save_pre=True)
+        torch.testing.assert_close(y, lin.linear_ref(x, w, b, res, act))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act,res,bias", mode_params())
 @pytest.mark.parametrize("lead,k,n", [pytest.param(*s, id=f"{s[1]}-{s[2]}") for s in SHAPES[:2]])

@@ -12,6 +12,7 @@ when autograd will need it (`save_pre`); otherwise the backward recomputes it.
 Layout as the other kernels: reference (`linear_ref`), kernel, launcher (`linear_fwd`), the op
 `torch.ops.clippo.linear` with autograd, a CPU kernel and a fake kernel, then `linear_op()`.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -142,8 +143,9 @@ _INTERP = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
 
 
 def _rows(t, width):
-    """[..., width] -> a 2-D [M, width] view (a copy only if no view exists)."""
-    return t.reshape(-1, width)
+    """[..., width] -> a 2-D [M, width] view (a copy only if no view exists); M explicit, as
+    -1 is ambiguous when width is 0."""
+    return t.reshape(math.prod(t.shape[:-1]), width)
 
 
 def linear_fwd(x, weight, bias=None, residual=None, activation=None, save_pre=False):
@@ -232,14 +234,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dh_unused):
     x, weight, h, bias = ctx.saved_tensors
     k, n = weight.shape[1], weight.shape[0]
-    dy2 = dy.reshape(-1, n)
+    dy2 = _rows(dy, n)
     if ctx.gelu:
         if h.numel() == 0 and dy2.shape[0]:  # forward ran without save_pre: recompute
             h = F.linear(x, weight, bias)
-        dpre = torch.ops.aten.gelu_backward(dy2, h.reshape(-1, n), approximate="tanh")
+        dpre = torch.ops.aten.gelu_backward(dy2, _rows(h, n), approximate="tanh")
     else:
         dpre = dy2
-    x2 = x.reshape(-1, k)
+    x2 = _rows(x, k)
     dx = (dpre @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
     dw = dpre.t() @ x2 if ctx.needs_input_grad[1] else None
     db = dpre.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
