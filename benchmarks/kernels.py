@@ -84,27 +84,13 @@ def bench_patch(batches, device, providers, reps):
             images, w, b, pos = patch_inputs(batch, kind, device)
             params = [t.requires_grad_() for t in (w, b, pos)]
             for mode in ("fwd", "fwd+bwd"):
-                ref_out, group = None, []
-                for name, fn in providers.items():
-                    def run(fn=fn, mode=mode):
-                        if mode == "fwd":
-                            with torch.no_grad():
-                                return fn(images, w, b, pos)
-                        out = fn(images, w, b, pos)
-                        grad = torch.autograd.grad(out, params, torch.ones_like(out))
-                        return out, grad
-                    try:
-                        out = _flat(run())
-                        t = measure(run, device=device, warmup=3, reps=reps)
-                    except Exception as e:  # a provider failing must not end the run
-                        print(f"  {name} {kind} B={batch} {mode}: failed: {e!r}")
-                        t, out = None, None
-                    if ref_out is None and out is not None:
-                        ref_out = [o.float() for o in out]
+                group = []
+                for name, t, out, ref_out in _time_group(providers, (images, w, b, pos), params,
+                                                         mode, device, reps,
+                                                         f"{kind} B={batch}"):
                     group.append(_row("patch_embed", f"B={batch} 224/16 D=768", kind, mode, name,
                                       t, patch_flops(batch, mode), out, ref_out))
                 rows += _speedups(group)
-                del ref_out, group
     return rows
 
 
@@ -197,22 +183,9 @@ def bench_layer_norm(batches, device, with_triton, reps, width=768, tokens=196):
             providers["clippo-triton"] = _ln.layer_norm_op
         for mode in ("fwd", "fwd+bwd"):
             nbytes = x.numel() * 2 * (2 if mode == "fwd" else 5)
-            ref_out, group = None, []
-            for name, fn in providers.items():
-                def run(fn=fn, mode=mode):
-                    if mode == "fwd":
-                        with torch.no_grad():
-                            return fn(x, w, b)
-                    y = fn(x, w, b)
-                    return y, torch.autograd.grad(y, params, torch.ones_like(y))
-                try:
-                    out = _flat(run())
-                    t = measure(run, device=device, warmup=3, reps=reps)
-                except Exception as e:
-                    print(f"  {name} layer_norm B={batch} {mode}: failed: {e!r}")
-                    t, out = None, None
-                if ref_out is None and out is not None:
-                    ref_out = [o.float() for o in out]
+            group = []
+            for name, t, out, ref_out in _time_group(providers, (x, w, b), params, mode, device,
+                                                     reps, f"layer_norm B={batch}"):
                 row = _row("layer_norm", f"B={batch} N={tokens} D={width}", "bf16", mode, name,
                            t, 0, out, ref_out)
                 row.pop("tflops", None)
@@ -246,28 +219,38 @@ def bench_linear(batch, k, n, epilogue, device, with_triton, reps, tokens=196):
     rows = []
     for mode in ("fwd", "fwd+bwd"):
         flops = 2 * m * n * k * (1 if mode == "fwd" else 3)
-        ref_out, group = None, []
-        for name, fn in providers.items():
-            def run(fn=fn, mode=mode):
-                if mode == "fwd":
-                    with torch.no_grad():
-                        return fn(x, w, b)
-                y = fn(x, w, b)
-                return y, torch.autograd.grad(y, leaves, torch.ones_like(y))
-            try:
-                out = _flat(run())
-                t = measure(run, device=device, warmup=3, reps=reps)
-            except Exception as e:
-                print(f"  {name} linear {shape} {mode}: failed: {e!r}")
-                t, out = None, None
-            if ref_out is None and out is not None:
-                ref_out = [o.float() for o in out]
+        group = []
+        for name, t, out, ref_out in _time_group(providers, (x, w, b), leaves, mode, device,
+                                                 reps, f"linear {shape}"):
             group.append(_row("linear", shape, "bf16", mode, name, t, flops, out, ref_out))
         rows += _speedups(group)
     return rows
 
 
 # ------------------------------------------------------------------------------ rows
+
+
+def _time_group(providers, inputs, leaves, mode, device, reps, what):
+    """Time each provider on `inputs` ("fwd": no grad; "fwd+bwd": gradients of `leaves` for a
+    ones output gradient). Yields (name, timing, [out, *grads], the first provider's outputs
+    in fp32); timing and outputs are None for a provider that fails (reported, not fatal)."""
+    ref_out = None
+    for name, fn in providers.items():
+        def run(fn=fn):
+            if mode == "fwd":
+                with torch.no_grad():
+                    return fn(*inputs)
+            y = fn(*inputs)
+            return y, torch.autograd.grad(y, leaves, torch.ones_like(y))
+        try:
+            out = _flat(run())
+            t = measure(run, device=device, warmup=3, reps=reps)
+        except Exception as e:
+            print(f"  {name} {what} {mode}: failed: {e!r}")
+            t, out = None, None
+        if ref_out is None and out is not None:
+            ref_out = [o.float() for o in out]
+        yield name, t, out, ref_out
 
 
 def _row(kernel, shape, kind, mode, provider, t, flops, out, ref_out):

@@ -176,6 +176,31 @@ def num_sms(device_index=0):
     return 4
 
 
+def gemm_configs(table):
+    """Autotune configs of a tiled GEMM from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps,
+    num_stages) rows; the first row is the default when autotuning is off."""
+    return tune_configs([
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                      num_warps=warps, num_stages=stages)
+        for bm, bn, bk, warps, stages in table])
+
+
+if HAS_TRITON:
+    @triton.jit
+    def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+        """Program id -> (tile row, tile column) in grouped order: GROUP_M consecutive row
+        tiles walk the column tiles together, so the weight tiles they share stay in L2."""
+        tiles_m = tl.cdiv(M, BLOCK_M)
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * tiles_n
+        first_m = (pid // per_group) * GROUP_M
+        group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % group_size
+        pid_n = (pid % per_group) // group_size
+        return pid_m, pid_n
+
+
 def dot_precision(dtype):
     """tl.dot input_precision: exact fp32 products ("ieee") for fp32 inputs, as torch's matmul
     (no TF32 by default); None (Triton's default) for fp16/bf16, where it does not apply."""

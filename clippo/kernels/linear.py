@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, dot_precision, interpret_for, interpreted, launcher, tl,
-                     triton, tune_configs)
+from ._utils import (HAS_TRITON, dot_precision, gemm_configs, interpret_for, interpreted,
+                     launcher, tl, triton)
+if HAS_TRITON:
+    from ._utils import grouped_tile
 
 ACTIVATIONS = (None, "gelu")
 
@@ -64,12 +66,6 @@ if HAS_TRITON:
         "fp32": [(64, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 32, 32, 4, 2)],
     }
 
-    def _configs(kind):
-        return tune_configs([
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                          num_warps=warps, num_stages=stages)
-            for bm, bn, bk, warps, stages in _CONFIGS[kind]])
-
     @triton.jit
     def _gelu_tanh(h):
         # 0.5 h (1 + tanh(u)) == h * sigmoid(2u), u = sqrt(2/pi) (h + 0.044715 h^3)
@@ -91,15 +87,7 @@ if HAS_TRITON:
         GROUP_M: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
-        # grouped tile order: GROUP_M row tiles reuse the weight tiles while they sit in L2
-        pid = tl.program_id(0)
-        tiles_m = tl.cdiv(M, BLOCK_M)
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        per_group = GROUP_M * tiles_n
-        first_m = (pid // per_group) * GROUP_M
-        group_size = tl.minimum(tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % group_size
-        pid_n = (pid % per_group) // group_size
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
         offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -134,7 +122,7 @@ if HAS_TRITON:
                  acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     _linear_tuned = {
-        kind: triton.autotune(configs=_configs(kind),
+        kind: triton.autotune(configs=gemm_configs(_CONFIGS[kind]),
                               key=["N", "K", "HAS_RES", "GELU", "SAVE_PRE"])(_linear_kernel)
         for kind in _CONFIGS}
 

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, dot_precision, interpret_for, interpreted, launcher, num_sms,
-                     tl, triton, tune_configs)
+from ._utils import (HAS_TRITON, dot_precision, gemm_configs, interpret_for, interpreted,
+                     launcher, num_sms, tl, triton, tune_configs)
+if HAS_TRITON:
+    from ._utils import grouped_tile
 
 # --------------------------------------------------------------------------------------------
 # torch references
@@ -123,12 +125,6 @@ if HAS_TRITON:
         "fp32": [(64, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)],
     }
 
-    def _fwd_configs(kind):
-        return tune_configs([
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                          num_warps=warps, num_stages=stages)
-            for bm, bn, bk, warps, stages in _FWD_CONFIGS[kind]])
-
     @triton.jit
     def _patch_embed_fwd_kernel(
         x_ptr, sxb, sxc, sxh, sxw,          # images [B, C, H, W], any strides (0 allowed)
@@ -143,15 +139,7 @@ if HAS_TRITON:
         GROUP_M: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
-        # grouped tile order: GROUP_M row tiles share the weight tiles while they sit in L2
-        pid = tl.program_id(0)
-        tiles_m = (M + BLOCK_M - 1) // BLOCK_M
-        tiles_n = (D + BLOCK_N - 1) // BLOCK_N
-        per_group = GROUP_M * tiles_n
-        first_m = (pid // per_group) * GROUP_M
-        group_size = tl.minimum(tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % group_size
-        pid_n = (pid % per_group) // group_size
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, D, BLOCK_M, BLOCK_N, GROUP_M)
 
         offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -256,7 +244,7 @@ if HAS_TRITON:
         tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
 
     _patch_embed_fwd_tuned = {
-        kind: triton.autotune(configs=_fwd_configs(kind), key=["N", "D", "K", "P", "IS_UINT8"])(
+        kind: triton.autotune(configs=gemm_configs(_FWD_CONFIGS[kind]), key=["N", "D", "K", "P", "IS_UINT8"])(
             _patch_embed_fwd_kernel) for kind in _FWD_CONFIGS}
     _patch_embed_grad_weight_tuned = {
         kind: triton.autotune(configs=_gw_configs(kind), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
