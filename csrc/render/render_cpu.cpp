@@ -187,6 +187,8 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   const int32_t* cm = cmap.data_ptr<int32_t>();
   for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
         auto& list = items[b];
+        // one allocation per string: at most one item per code point (<= bytes, <= max_chars)
+        list.reserve(static_cast<size_t>(p.max_chars > 0 ? std::min(n, p.max_chars) : n));
         if (!layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& it) { list.push_back(it); }))
           too_narrow = true;
       });
