@@ -462,6 +462,10 @@ def test_freed_outputs_are_reused_and_the_cache_can_be_emptied():
     # Large CPU outputs come from a small block cache (render/image_pool.cpp): the block of a
     # freed batch serves the next batch of the same size, with correct pixels.
     r = clippo.TextRenderer()
+    # a full cache (earlier batches of other sizes) makes room for the newest freed block
+    for n in (50, 100, 200, 250, 300):  # 4, 6, 10, 12, 16 MiB blocks; 128 images: 8 MiB
+        del_me = r(["x"] * n)
+        del del_me
     texts = [f"caption {i}" for i in range(128)]   # 128 * 224 * 224 bytes: a cached size
     first = r(texts)
     want = first.clone()

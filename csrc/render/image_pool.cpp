@@ -1,8 +1,9 @@
 // Output buffers for CPU rendering. A batch of 224x224 images is ~50 MB, and fresh memory
 // costs a page fault per 4 KiB on first touch: more than drawing the text. So outputs are
 // backed by transparent huge pages (512x fewer faults), and the blocks of freed outputs are
-// kept in a small cache (at most kMaxBlocks, kMaxBytes) for the next batch of the same size,
-// as PyTorch's CUDA caching allocator does. clippo::empty_image_cache() releases them.
+// kept in a small cache (the most recently freed, at most kMaxBlocks and kMaxBytes) for the
+// next batch of the same size, as PyTorch's CUDA caching allocator does.
+// clippo::empty_image_cache() releases them.
 #include <pthread.h>
 #include <sys/mman.h>
 #include <torch/library.h>
@@ -39,17 +40,28 @@ Pool& pool() {
   return *p;
 }
 
+// The freed block is kept (it is the likeliest size of the next batch); the oldest blocks make
+// room for it. Frees happen outside the lock.
 void give_back(void* ptr, size_t size) {
-  Pool& p = pool();
-  {
-    std::lock_guard<std::mutex> lock(p.mu);
-    if (p.blocks.size() < kMaxBlocks && p.bytes + size <= kMaxBytes) {
-      p.blocks.emplace_back(size, ptr);
-      p.bytes += size;
-      return;
-    }
+  if (size > kMaxBytes) {
+    std::free(ptr);
+    return;
   }
-  std::free(ptr);
+  std::vector<void*> evicted;
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mu);
+    size_t drop = 0;
+    while (p.blocks.size() - drop >= kMaxBlocks || p.bytes + size > kMaxBytes) {
+      p.bytes -= p.blocks[drop].first;
+      evicted.push_back(p.blocks[drop].second);
+      ++drop;
+    }
+    p.blocks.erase(p.blocks.begin(), p.blocks.begin() + static_cast<std::ptrdiff_t>(drop));
+    p.blocks.emplace_back(size, ptr);
+    p.bytes += size;
+  }
+  for (void* old : evicted) std::free(old);
 }
 
 void* take(size_t size) {
