@@ -5,6 +5,11 @@
 // survive fork() (a forked DataLoader worker would hang). This pool is fork-safe: a child
 // process drops the parent's pool (its threads do not exist there) and starts a new one.
 // The number of threads follows torch.set_num_threads.
+//
+// Waking a sleeping thread (a futex) costs ~0.1 ms on a VM, as much as laying out a whole
+// batch: so after a job, helpers spin for kSpin before they sleep, and the caller spins for
+// them to finish before it sleeps. Back-to-back jobs (an op's phases, a loop over batches)
+// then pay no wake-up.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -12,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -23,6 +29,25 @@
 #include <vector>
 
 namespace clippo {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until done() or `budget` has passed; returns done().
+template <typename Done>
+bool spin_until(const Done& done, std::chrono::microseconds budget) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return done();
+  }
+}
 
 // Helper threads that run one job at a time alongside the calling thread. Never destroyed
 // (threads are detached), so interpreter shutdown cannot join a thread that is waiting.
@@ -59,10 +84,11 @@ class WorkerPool {
     want_ = std::min<int64_t>(helpers, static_cast<int64_t>(threads_));
     done_ = 0;
     job_ = &job;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
     lock.unlock();
     wake_.notify_all();
     job();
+    spin_until([&] { return done_.load(std::memory_order_acquire) == want_; }, kSpin);
     lock.lock();
     finished_.wait(lock, [&] { return done_ == want_; });
     job_ = nullptr;
@@ -83,6 +109,9 @@ class WorkerPool {
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
+      lock.unlock();
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kSpin);
+      lock.lock();
       wake_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
       if (static_cast<int64_t>(index) >= want_) continue;  // not needed for this job
@@ -94,12 +123,15 @@ class WorkerPool {
     }
   }
 
+  static constexpr std::chrono::microseconds kSpin{200};
+
   std::mutex run_mu_;  // one job at a time
-  std::mutex mu_;      // guards everything below
+  std::mutex mu_;      // guards everything below (the atomics are written under it too)
   std::condition_variable wake_, finished_;
   size_t threads_ = 0;
-  int64_t want_ = 0, done_ = 0;
-  uint64_t generation_ = 0;
+  int64_t want_ = 0;
+  std::atomic<int64_t> done_{0};
+  std::atomic<uint64_t> generation_{0};
   const std::function<void()>* job_ = nullptr;
 };
 

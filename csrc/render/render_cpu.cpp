@@ -202,7 +202,10 @@ std::tuple<at::Tensor, at::Tensor> layout_text_cpu(const at::Tensor& text, const
   int32_t* gp = glyphs.data_ptr<int32_t>();
   int32_t* rp = row_offsets.data_ptr<int32_t>();
   rp[t.batch * rows] = static_cast<int32_t>(start[t.batch]);
-  parallel_for(0, t.batch, 64, [&](int64_t begin, int64_t end) {
+  // packing is a copy: threads only pay for themselves from about half a MiB per chunk
+  const int64_t bytes_per_string = std::max<int64_t>(1, 8 * start[t.batch] / std::max<int64_t>(t.batch, 1));
+  const int64_t pack_grain = std::max<int64_t>(64, (int64_t{1} << 19) / bytes_per_string);
+  parallel_for(0, t.batch, pack_grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const auto& list = items[b];
       int32_t k = static_cast<int32_t>(start[b]);
