@@ -9,9 +9,11 @@
 # run most important first; each gets what is left minus a reserve for the steps after it,
 # so a slow step shortens the later ones instead of killing the call.
 #
-# Checked against the device's stack (torch 2.11+cu130, triton 3.6, Python 3.12) on a CPU
-# machine: the CUDA build, the whole test suite (interpreter tier) and the sm_90 compilation of
-# every kernel config.
+# Checked on a CPU machine against the device's stack (torch 2.11.0+cu130, triton 3.6.0,
+# Python 3.12): the CUDA build, the whole test suite (its interpreter tier needs numpy < 2.3
+# with triton 3.6), the sm_90 compilation of every kernel's default config (no spills; a few
+# fp32 autotune alternatives spill under 3.6), and this script end to end (no GPU: the
+# GPU steps fail or skip as they should).
 #
 # The device image has torch, triton, numpy, nvcc, pytest, pytest-xdist and safetensors but not
 # freetype-py (device KINDS.md, 2026-11). Before the call, download its wheel into .whl/ (ignored
