@@ -1,6 +1,7 @@
 """The rasterizer's torch ops: the two-stage path (layout + rasterize) against the one-shot
 render, out= buffers, CPU == CUDA, torch.library.opcheck, and misuse with malformed tensors
 (a RuntimeError, never a crash)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -167,6 +168,37 @@ def test_cuda_equals_cpu(params):
     gpu = clippo.TextRenderer(device="cuda", **params)(texts)
     assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8
     assert gpu.shape == (len(texts), 3, gpu.shape[-1], gpu.shape[-1])
+    assert torch.equal(gpu.cpu(), clippo.TextRenderer(**params)(texts))
+
+
+def _a_ttf_font():
+    """DejaVu Sans from the system (fonts-dejavu-core) or from matplotlib's bundled copy."""
+    from render_corpus import DEJAVU
+    if os.path.exists(DEJAVU):
+        return DEJAVU
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    return path if os.path.exists(path) else None
+
+
+@cuda
+@pytest.mark.parametrize("params", [dict(word_wrap=True, image_size=160),
+                                    dict(antialias=True, font_size=20), dict(font_size=12)],
+                         ids=["word_wrap", "freetype-antialias", "freetype-mono-12"])
+def test_cuda_equals_cpu_beyond_the_reference(params, tmp_path, monkeypatch):
+    """The options beyond the reference op draw the same on both devices: word wrap (C++
+    layout), and FreeType atlases with grey levels (anti-aliased) or without."""
+    texts = corpus_texts() + random_strings(100, seed=5, max_len=400)
+    if "word_wrap" not in params:
+        font = _a_ttf_font()
+        if font is None or importlib.util.find_spec("freetype") is None:
+            pytest.skip("needs freetype-py and a TTF font (DejaVu Sans)")
+        monkeypatch.setenv("CLIPPO_CACHE_DIR", str(tmp_path))
+        params = dict(params, font=font)
+    gpu = clippo.TextRenderer(device="cuda", **params)(texts)
     assert torch.equal(gpu.cpu(), clippo.TextRenderer(**params)(texts))
 
 
