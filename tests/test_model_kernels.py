@@ -99,7 +99,8 @@ def test_b16_on_gpu_every_kernel_vs_torch(dtype):
         with K.use_backend("auto"), K.use_fusions("all"):
             got = model.encode_image(images).double()
     err, base = (got - ref32).abs().max().item(), (ref_same - ref32).abs().max().item()
-    print(f"{dtype}: max|fused - fp32 torch| = {err:.3g}, max|torch same dtype - fp32| = {base:.3g}")
+    print(f"{dtype}: max|fused - fp32 torch| = {err:.3g}, "
+          f"max|torch same dtype - fp32| = {base:.3g}")
     assert err <= 2 * base + (5e-5 if dtype == torch.float32 else 2e-3)
 
 

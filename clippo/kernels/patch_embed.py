@@ -244,7 +244,8 @@ if HAS_TRITON:
         tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
 
     _patch_embed_fwd_tuned = {
-        kind: triton.autotune(configs=gemm_configs(_FWD_CONFIGS[kind]), key=["N", "D", "K", "P", "IS_UINT8"])(
+        kind: triton.autotune(configs=gemm_configs(_FWD_CONFIGS[kind]),
+                              key=["N", "D", "K", "P", "IS_UINT8"])(
             _patch_embed_fwd_kernel) for kind in _FWD_CONFIGS}
     _patch_embed_grad_weight_tuned = {
         kind: triton.autotune(configs=_gw_configs(kind), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
