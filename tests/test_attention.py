@@ -1,20 +1,13 @@
 """Attention: the Triton kernels (launched directly: CUDA, or the CPU interpreter) and the
 registered op with autograd, against a naive float64 reference and the same-dtype torch."""
-import os
+import importlib
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("CLIPPO_AUTOTUNE", "0")  # GPU runs: one config per kernel, fast
-
-import importlib  # noqa: E402
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import clippo.kernels as K  # noqa: E402
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, assert_rule, needs_gpu,  # noqa: E402
+import clippo.kernels as K
+from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, assert_rule, needs_gpu,
                                      needs_triton, rerun_in_subprocess)
 
 at = importlib.import_module("clippo.kernels.attention")

@@ -1,20 +1,13 @@
 """LayerNorm: the Triton kernels (CUDA, or the CPU interpreter) and the registered op with
 autograd, against F.layer_norm in float64 and in the same dtype; opcheck and torch.compile."""
-import os
+import importlib
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("CLIPPO_AUTOTUNE", "0")
-
-import importlib  # noqa: E402
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import clippo.kernels as K  # noqa: E402
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,  # noqa: E402
+import clippo.kernels as K
+from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,
                                      needs_gpu, needs_triton, rerun_in_subprocess)
 
 ln = importlib.import_module("clippo.kernels.layer_norm")

@@ -1,21 +1,14 @@
 """Fused linear (GEMM + bias + tanh-GELU + residual): the Triton kernel (CUDA, or the CPU
 interpreter) and the registered op with autograd, against torch in float64 and in the same
 dtype; the public function's backends and fusion switch; opcheck and torch.compile."""
-import os
+import importlib
+import math
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("CLIPPO_AUTOTUNE", "0")
-
-import importlib  # noqa: E402
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-
-import clippo.kernels as K  # noqa: E402
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,  # noqa: E402
+import clippo.kernels as K
+from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,
                                      needs_gpu, needs_triton, rerun_in_subprocess)
 
 lin = importlib.import_module("clippo.kernels.linear")

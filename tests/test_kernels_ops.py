@@ -5,16 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("CLIPPO_AUTOTUNE", "0")
-
-import pytest  # noqa: E402
-
-import clippo.kernels as K  # noqa: E402
-from clippo.kernels._testing import ON_GPU  # noqa: E402
+import clippo.kernels as K
+from clippo.kernels._testing import ON_GPU
 
 DEVICES = ["cpu"] + (["cuda"] if ON_GPU else [])
 

@@ -4,21 +4,14 @@ LayerNorm, the fused Dense epilogues with residuals) against the plain torch pat
 
 On the CPU the registered ops run their torch CPU kernels, so here the ops are pointed at the
 Triton launchers themselves (forward only), which the interpreter runs on CPU tensors."""
-import os
+import importlib
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("CLIPPO_AUTOTUNE", "0")
-
-import importlib  # noqa: E402
-
-import pytest  # noqa: E402
-
-import clippo  # noqa: E402
-import clippo.kernels as K  # noqa: E402
-from clippo.kernels._testing import (DEVICE, needs_triton,  # noqa: E402
+import clippo
+import clippo.kernels as K
+from clippo.kernels._testing import (DEVICE, needs_triton,
                                      rerun_in_subprocess)
 
 pe = importlib.import_module("clippo.kernels.patch_embed")

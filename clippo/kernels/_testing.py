@@ -1,11 +1,13 @@
 """Helpers shared by the kernel tests (tests/test_patch_embed.py, test_attention.py,
-test_kernels_ops.py). Not part of the public API.
+test_kernel_layer_norm.py, test_kernel_linear.py, test_model_kernels.py, test_kernels_ops.py).
+Not part of the public API.
 
 The Triton tier runs the launchers on CUDA tensors when a GPU is present, and otherwise on CPU
 tensors through the Triton interpreter, which needs TRITON_INTERPRET=1 *before triton is first
-imported*. The test modules set it at their top; if triton was imported earlier in the same
-pytest process (another module or plugin), `TRITON_HERE` is False and the module re-runs itself
-in a subprocess with the variable set (`rerun_in_subprocess`), so no test silently vanishes.
+imported*. tests/conftest.py sets it before any test module loads; if triton was imported
+earlier in the same pytest process anyway (a plugin), `TRITON_HERE` is False and each kernel
+test module re-runs itself in a subprocess with the variable set (`rerun_in_subprocess`), so no
+test silently vanishes.
 """
 import os
 import subprocess

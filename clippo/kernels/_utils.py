@@ -176,6 +176,12 @@ def num_sms(device_index=0):
     return 4
 
 
+def config_kind(dtype):
+    """Which autotune table a dtype uses: "fp32" (exact products, smaller tiles) or "half"."""
+    import torch
+    return "fp32" if dtype == torch.float32 else "half"
+
+
 def gemm_configs(table):
     """Autotune configs of a tiled GEMM from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps,
     num_stages) rows; the first row is the default when autotuning is off."""

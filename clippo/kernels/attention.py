@@ -25,8 +25,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, dot_precision, interpret_for, interpreted, launcher, tl,
-                     triton, tune_configs)
+from ._utils import (HAS_TRITON, config_kind, dot_precision, interpret_for, interpreted,
+                     launcher, tl, triton, tune_configs)
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128
@@ -148,6 +148,11 @@ if HAS_TRITON:
     }
 
     @triton.jit
+    def _head(bh, H, stride_b, stride_h):
+        """Offset of (batch, head) = divmod(bh, H) in a tensor with these strides."""
+        return (bh // H) * stride_b + (bh % H) * stride_h
+
+    @triton.jit
     def _attn_fwd_kernel(
         q_ptr, sqb, sqh, sqm, sqd,          # q [B, H, Lq, Dh]
         k_ptr, skb, skh, skn, skd,          # k [B, H, Lk, Dh]
@@ -161,12 +166,10 @@ if HAS_TRITON:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
         pid_m = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        q_ptr += b * sqb + h * sqh
-        k_ptr += b * skb + h * skh
-        v_ptr += b * svb + h * svh
-        o_ptr += b * sob + h * soh
+        q_ptr += _head(bh, H, sqb, sqh)
+        k_ptr += _head(bh, H, skb, skh)
+        v_ptr += _head(bh, H, svb, svh)
+        o_ptr += _head(bh, H, sob, soh)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -210,14 +213,14 @@ if HAS_TRITON:
     ):
         bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
         pid_m = tl.program_id(1)
-        b = bh // H
-        h = bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         mask = (offs_m < LQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        o = tl.load(o_ptr + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+        o_ptr += _head(bh, H, sob, soh)
+        do_ptr += _head(bh, H, sdb, sdh)
+        o = tl.load(o_ptr + offs_m[:, None] * som + offs_d[None, :] * sod,
                     mask=mask, other=0).to(tl.float32)
-        do = tl.load(do_ptr + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
+        do = tl.load(do_ptr + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
                      mask=mask, other=0).to(tl.float32)
         tl.store(delta_ptr + bh * LQ + offs_m, tl.sum(o * do, 1), mask=offs_m < LQ)
 
@@ -236,12 +239,10 @@ if HAS_TRITON:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh = tl.program_id(0).to(tl.int64)
         pid_n = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        q_ptr += b * sqb + h * sqh
-        k_ptr += b * skb + h * skh
-        v_ptr += b * svb + h * svh
-        do_ptr += b * sdb + h * sdh
+        q_ptr += _head(bh, H, sqb, sqh)
+        k_ptr += _head(bh, H, skb, skh)
+        v_ptr += _head(bh, H, svb, svh)
+        do_ptr += _head(bh, H, sdb, sdh)
         lse_ptr += bh * LQ
         delta_ptr += bh * LQ
 
@@ -295,12 +296,10 @@ if HAS_TRITON:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh = tl.program_id(0).to(tl.int64)  # batch*head on axis 0: no 65535 limit
         pid_m = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        q_ptr += b * sqb + h * sqh
-        k_ptr += b * skb + h * skh
-        v_ptr += b * svb + h * svh
-        do_ptr += b * sdb + h * sdh
+        q_ptr += _head(bh, H, sqb, sqh)
+        k_ptr += _head(bh, H, skb, skh)
+        v_ptr += _head(bh, H, svb, svh)
+        do_ptr += _head(bh, H, sdb, sdh)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -342,9 +341,6 @@ if HAS_TRITON:
                           for kind, cfgs in _DQ_CONFIGS.items()}
 
 
-def _kind(dtype):
-    return "fp32" if dtype == torch.float32 else "half"
-
 
 # fixed blocks for the CPU interpreter (autotuning there would only cost time)
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 32}
@@ -381,7 +377,7 @@ def attention_fwd(q, k, v, scale=None):
     else:
         def grid(meta):
             return (b * h, triton.cdiv(lq, meta["BLOCK_M"]))
-        launcher(_attn_fwd_tuned[_kind(q.dtype)])[grid](*args, **consts)
+        launcher(_attn_fwd_tuned[config_kind(q.dtype)])[grid](*args, **consts)
     return out, lse
 
 
@@ -421,8 +417,9 @@ def attention_bwd(do, q, k, v, out, lse, scale=None):
 
         def grid_q(meta):
             return (b * h, triton.cdiv(lq, meta["BLOCK_M"]))
-        launcher(_attn_bwd_dkdv_tuned[_kind(q.dtype)])[grid_kv](*args, dk, dv, *sizes, **consts)
-        launcher(_attn_bwd_dq_tuned[_kind(q.dtype)])[grid_q](*args, dq, *sizes, **consts)
+        kind = config_kind(q.dtype)
+        launcher(_attn_bwd_dkdv_tuned[kind])[grid_kv](*args, dk, dv, *sizes, **consts)
+        launcher(_attn_bwd_dq_tuned[kind])[grid_q](*args, dq, *sizes, **consts)
     return dq, dk, dv
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, dot_precision, gemm_configs, interpret_for, interpreted,
-                     launcher, tl, triton)
+from ._utils import (HAS_TRITON, config_kind, dot_precision, gemm_configs, interpret_for,
+                     interpreted, launcher, tl, triton)
 if HAS_TRITON:
     from ._utils import grouped_tile
 
@@ -165,8 +165,7 @@ def linear_fwd(x, weight, bias=None, residual=None, activation=None, save_pre=Fa
         else:
             def grid(meta):
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-            kind = "fp32" if x.dtype == torch.float32 else "half"
-            launcher(_linear_tuned[kind])[grid](*args, **consts)
+            launcher(_linear_tuned[config_kind(x.dtype)])[grid](*args, **consts)
     return y.reshape(out_shape), (h.reshape(out_shape) if save else h)
 
 
@@ -243,7 +242,6 @@ torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 def linear_op(x, weight, bias=None, residual=None, activation=None):
     """torch.ops.clippo.linear, output only: Triton on CUDA, torch on the CPU. Stores the
     pre-activation for the backward only when autograd records this call."""
-    _check(x, weight, bias, residual, activation)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, residual))
     return torch.ops.clippo.linear(x, weight, bias, residual, activation == "gelu", save)[0]

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, dot_precision, gemm_configs, interpret_for, interpreted,
-                     launcher, num_sms, tl, triton, tune_configs)
+from ._utils import (HAS_TRITON, config_kind, dot_precision, gemm_configs, interpret_for,
+                     interpreted, launcher, num_sms, tl, triton, tune_configs)
 if HAS_TRITON:
     from ._utils import grouped_tile
 
@@ -126,6 +126,20 @@ if HAS_TRITON:
     }
 
     @triton.jit
+    def _patch_rows(offs_m, N, GW, P: tl.constexpr, sb, sh, sw):
+        """Patch rows (image * N + token, tokens row-major over a GW-wide grid) -> (image,
+        token, offset of the patch's top-left pixel) for image strides (sb, sh, sw)."""
+        img = offs_m // N
+        tok = offs_m % N
+        return img, tok, img * sb + (tok // GW) * (P * sh) + (tok % GW) * (P * sw)
+
+    @triton.jit
+    def _patch_cols(offs_k, P: tl.constexpr, sc, sh, sw):
+        """Patch columns (channel, y, x flattened, conv2d's weight order) -> offset inside a
+        patch for strides (sc, sh, sw): the same order indexes images and weights."""
+        return (offs_k // (P * P)) * sc + ((offs_k // P) % P) * sh + (offs_k % P) * sw
+
+    @triton.jit
     def _patch_embed_fwd_kernel(
         x_ptr, sxb, sxc, sxh, sxw,          # images [B, C, H, W], any strides (0 allowed)
         w_ptr, swd, swc, swh, sww,          # weight [D, C, P, P]
@@ -145,28 +159,20 @@ if HAS_TRITON:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_m = offs_m < M
         mask_n = offs_n < D
-        # patch row -> top-left pixel of the patch
-        img = offs_m // N
-        tok = offs_m % N
-        gy = tok // GW
-        gx = tok % GW
-        row_off = img * sxb + gy * (P * sxh) + gx * (P * sxw)
+        img, tok, row_off = _patch_rows(offs_m, N, GW, P, sxb, sxh, sxw)
         w_row = offs_n.to(tl.int64) * swd
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
-            kc = offs_k // (P * P)
-            ky = (offs_k // P) % P
-            kx = offs_k % P
-            x_col = kc * sxc + ky * sxh + kx * sxw
+            x_col = _patch_cols(offs_k, P, sxc, sxh, sxw)
             a = tl.load(x_ptr + row_off[:, None] + x_col[None, :],
                         mask=mask_m[:, None] & mask_k[None, :], other=0)
             if IS_UINT8:
                 a = a.to(tl.float32) / 255.0 * 2.0 - 1.0
             a = a.to(w_ptr.dtype.element_ty)
-            w_col = kc * swc + ky * swh + kx * sww
+            w_col = _patch_cols(offs_k, P, swc, swh, sww)
             w = tl.load(w_ptr + w_row[None, :] + w_col[:, None],
                         mask=mask_k[:, None] & mask_n[None, :], other=0)
             acc = tl.dot(a, w, acc, input_precision=IN_PRECISION)
@@ -214,10 +220,7 @@ if HAS_TRITON:
         offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_d = offs_d < D
         mask_k = offs_k < K
-        kc = offs_k // (P * P)
-        ky = (offs_k // P) % P
-        kx = offs_k % P
-        x_col = kc * sxc + ky * sxh + kx * sxw
+        x_col = _patch_cols(offs_k, P, sxc, sxh, sxw)
 
         start = split.to(tl.int64) * CHUNK
         end = tl.minimum(start + CHUNK, M)
@@ -225,11 +228,7 @@ if HAS_TRITON:
         for m0 in range(0, CHUNK, BLOCK_M):
             offs_m = start + m0 + tl.arange(0, BLOCK_M)
             mask_m = offs_m < end
-            img = offs_m // N
-            tok = offs_m % N
-            gy = tok // GW
-            gx = tok % GW
-            row_off = img * sxb + gy * (P * sxh) + gx * (P * sxw)
+            img, tok, row_off = _patch_rows(offs_m, N, GW, P, sxb, sxh, sxw)
             a_mask = mask_m[:, None] & mask_k[None, :]
             a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=a_mask, other=0)
             if IS_UINT8:
@@ -251,9 +250,6 @@ if HAS_TRITON:
         kind: triton.autotune(configs=_gw_configs(kind), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
             _patch_embed_grad_weight_kernel) for kind in _GW_CONFIGS}
 
-
-def _kind(dtype):
-    return "fp32" if dtype == torch.float32 else "half"
 
 
 # fixed blocks for the CPU interpreter (autotuning there would only cost time)
@@ -288,7 +284,7 @@ def patch_embed_fwd(images, weight, bias=None, pos_embed=None):
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),)
-        launcher(_patch_embed_fwd_tuned[_kind(weight.dtype)])[grid](*args, **consts)
+        launcher(_patch_embed_fwd_tuned[config_kind(weight.dtype)])[grid](*args, **consts)
     return out
 
 
@@ -326,7 +322,8 @@ def patch_embed_grad_weight(images, grad_out, patch):
     else:
         def grid(meta):
             return (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split)
-        launcher(_patch_embed_grad_weight_tuned[_kind(grad_out.dtype)])[grid](*args, **consts)
+        kernel = _patch_embed_grad_weight_tuned[config_kind(grad_out.dtype)]
+        launcher(kernel)[grid](*args, **consts)
     return part.sum(0).reshape(d, c, patch, patch).to(grad_out.dtype)
 
 
