@@ -67,6 +67,11 @@ def cmd_convert(args, rest):
     return convert.main(rest)
 
 
+def cmd_eval(args, rest):
+    from clippo.eval import main as eval_main
+    return eval_main(rest)
+
+
 def cmd_demo(args):
     from clippo import demo
     return demo.main(args)
@@ -86,6 +91,9 @@ def main(argv=None):
     sub.add_parser("convert", help="convert a big_vision .npz checkpoint (clippo convert -h)",
                    add_help=False)
 
+    sub.add_parser("eval", help="evaluation suite: zeroshot, retrieval, multilingual, nlu, "
+                   "vqa, fewshot, all (clippo eval -h)", add_help=False)
+
     p = sub.add_parser("demo", help="render and encode built-in data, with a benchmark")
     p.add_argument("--out", default="clippo-demo", help="folder for the demo's PNG and JSON")
     p.add_argument("--variant", default="Ti/16", help="model size for the encode demo")
@@ -97,6 +105,8 @@ def main(argv=None):
     try:
         if args.command == "convert":
             return cmd_convert(args, rest)
+        if args.command == "eval":
+            return cmd_eval(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"render": cmd_render, "demo": cmd_demo}[args.command](args)
