@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from clippo.eval import builtin as BI
-from clippo.eval.data import ImageDataset
 from clippo.eval.main import main as eval_main
 from clippo.eval.retrieval import CaptionedImages, evaluate_retrieval
 from clippo.eval.zeroshot import class_prompts, evaluate_zeroshot, zero_shot_classifier

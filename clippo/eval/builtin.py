@@ -7,13 +7,14 @@ Each is a pure function of its seed, so every run, test and results table sees t
     retrieval     one image per held-out combination x position (64), each with two English
                   captions naming colour, shape and position (unique in the gallery)
     multilingual  the same 64 images with one caption per language (en, de, ru, zh)
-    nlu           colour: which colour does a sentence (any language) name (8 classes);
-                  same: do two sentences (one language) describe the same object (pairs);
-                  similarity: how many of colour, shape, position two sentences share (0-3,
-                  regression)
-    vqa           a scene with "colour?" / "shape?" / "where?" rendered above it; 10 human
-                  answers per question, a few of them wrong (annotator noise)
-    fewshot       scenes classified by shape (6 classes), colour and position random
+    nlu           colour: which colour a sentence names (8 classes), trained on English and
+                  German, tested on Russian and Chinese; same: does a Latin-script and a
+                  Cyrillic/Han sentence describe the same object; similarity: how many of
+                  colour, shape, position they share (0-3, regression)
+    vqa           a scene with "colour?" or "shape?" rendered above it; 10 human answers per
+                  question, a few of them wrong (annotator noise); the answer classifier
+                  trains on 64 questions
+    fewshot       scenes classified by colour (8 classes), shape and position random
 """
 import numpy as np
 import torch
@@ -95,10 +96,10 @@ NLU_TASKS = {
     "similarity": GlueTask("similarity", "a", "b", "label", None,
                            metrics=("pearson", "spearmanr")),
 }
-
-
-def _sentence(rng, color, shape, position, lang):
-    return B.caption(color, shape, position, lang)
+# Latin-script languages on one side, Cyrillic and Han on the other: a classifier trained on
+# one script must transfer to the other, which takes the meaning of the words, not their
+# glyphs (a random encoder's features carry the glyphs only).
+LATIN, OTHER = ("en", "de"), ("ru", "zh")
 
 
 def _random_object(rng):
@@ -107,9 +108,21 @@ def _random_object(rng):
             B.POSITIONS[int(rng.integers(len(B.POSITIONS)))])
 
 
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
 def nlu(num_train=512, num_test=256, seed=_SEEDS["nlu"]):
-    """{task: (GlueTask, train (texts_a, texts_b, targets), test (...))} for colour, same and
-    similarity."""
+    """{task: (GlueTask, train (texts_a, texts_b, targets), test (...))}.
+
+    colour: train sentences in English / German, test sentences in Russian / Chinese
+    (cross-lingual transfer); same, similarity: the first sentence in English or German, the
+    second in Russian or Chinese. Captions name the position half of the time.
+    """
+    def sentence(rng, obj, langs):
+        position = obj[2] if rng.random() < 0.5 else None
+        return B.caption(obj[0], obj[1], position, _pick(rng, langs))
+
     out = {}
     for t, name in enumerate(NLU_TASKS):
         splits = []
@@ -117,53 +130,42 @@ def nlu(num_train=512, num_test=256, seed=_SEEDS["nlu"]):
             a, b, y = [], [], []
             for i in range(n):
                 rng = np.random.default_rng([seed, t, s, i])
-                lang = B.LANGUAGES[int(rng.integers(len(B.LANGUAGES)))]
                 obj = _random_object(rng)
                 if name == "colour":
-                    a.append(_sentence(rng, *obj, lang))
+                    a.append(sentence(rng, obj, LATIN if s == 0 else OTHER))
                     y.append(list(B.COLORS).index(obj[0]))
                     continue
-                if name == "same":
+                if name == "same":  # the same colour and shape, or another object
                     same = i % 2 == 0
-                    other = list(obj)
-                    if same:  # the same object, possibly said without its position
-                        other[2] = None if rng.random() < 0.5 else obj[2]
-                    else:  # a different object sharing one attribute: reading both matters
-                        other = list(_random_object(rng))
-                        keep = int(rng.integers(2))
-                        other[keep] = obj[keep]
-                        if (other[0], other[1]) == (obj[0], obj[1]):
-                            other[1 - keep] = _differs(rng, obj[1 - keep], keep)
-                        other[2] = None if rng.random() < 0.5 else other[2]
-                    a.append(_sentence(rng, *obj, lang))
-                    b.append(_sentence(rng, *other, lang))
+                    other = obj if same else _random_object(rng)
+                    while not same and other[:2] == obj[:2]:
+                        other = _random_object(rng)
                     y.append(int(same))
-                else:  # similarity: shared attributes among colour, shape, position
-                    other = [obj[j] if rng.random() < 0.5 else _random_object(rng)[j]
-                             for j in range(3)]
-                    a.append(_sentence(rng, *obj, lang))
-                    b.append(_sentence(rng, *other, lang))
+                else:  # similarity: how many of colour, shape, position are shared
+                    other = tuple(obj[j] if rng.random() < 0.5 else _random_object(rng)[j]
+                                  for j in range(3))
                     y.append(float(sum(o == p for o, p in zip(obj, other))))
+                    a.append(B.caption(*obj, _pick(rng, LATIN)))
+                    b.append(B.caption(*other, _pick(rng, OTHER)))
+                    continue
+                a.append(sentence(rng, obj, LATIN))
+                b.append(sentence(rng, other, OTHER))
             splits.append((a, b if name != "colour" else None, y))
         out[name] = (NLU_TASKS[name], splits[0], splits[1])
     return out
 
 
-def _differs(rng, value, keep):
-    """A shape (keep=0: colour kept) or colour (keep=1) different from `value`."""
-    options = [v for v in (B.SHAPES if keep == 0 else list(B.COLORS)) if v != value]
-    return options[int(rng.integers(len(options)))]
-
-
 # -- VQA ---------------------------------------------------------------------------------------
 
-VQA_QUESTIONS = {"colour": "colour?", "shape": "shape?", "position": "where?"}
+VQA_QUESTIONS = {"colour": "colour?", "shape": "shape?"}
 VQA_NOISE = 0.15  # chance that an annotator answers some other value of the same kind
 
 
-def vqa(image_size=64, num_train=768, num_test=256, seed=_SEEDS["vqa"], num_humans=10):
+def vqa(image_size=64, num_train=64, num_test=256, seed=_SEEDS["vqa"], num_humans=10):
     """(train records, test records): {"question_id", "image" (uint8 tensor), "question",
-    "answers" (num_humans strings), "kind"}; scenes of every combination."""
+    "answers" (num_humans strings), "kind"}; scenes of every combination. The answer
+    classifier sees few training questions (4 per colour, about 5 per shape), so it has to
+    find the answer in the frozen features rather than learn to see from the pixels."""
     values = {"colour": list(B.COLORS), "shape": list(B.SHAPES), "position": list(B.POSITIONS)}
     kinds = list(VQA_QUESTIONS)
     splits = []
@@ -199,17 +201,23 @@ def vqa_chance(records):
 
 # -- few-shot ----------------------------------------------------------------------------------
 
-def fewshot(image_size=64, per_class=25, num_test=240, seed=_SEEDS["fewshot"]):
-    """(train ImageDataset with `per_class` images per shape, test ImageDataset, class
-    names): shapes of any colour at any position."""
-    def make(n, split, balanced):
+def fewshot(image_size=64, per_class=25, num_test=240, seed=_SEEDS["fewshot"],
+            attribute="colour"):
+    """(train ImageDataset with `per_class` images per class, test ImageDataset, class names):
+    scenes classified by `attribute` ("colour", "shape" or "position"), the other two
+    random."""
+    values = {"colour": list(B.COLORS), "shape": list(B.SHAPES),
+              "position": list(B.POSITIONS)}[attribute]
+    slot = ("colour", "shape", "position").index(attribute)
+
+    def make(n, split):
         images, targets = [], []
         for i in range(n):
             rng = np.random.default_rng([seed, split, i])
-            k = i % len(B.SHAPES) if balanced else int(rng.integers(len(B.SHAPES)))
-            color = list(B.COLORS)[int(rng.integers(len(B.COLORS)))]
-            position = B.POSITIONS[int(rng.integers(len(B.POSITIONS)))]
-            images.append(_scene(color, B.SHAPES[k], position, rng, image_size))
+            obj = list(_random_object(rng))
+            k = i % len(values)  # balanced classes
+            obj[slot] = values[k]
+            images.append(_scene(*obj, rng, image_size))
             targets.append(k)
         return ImageDataset(images, targets, image_size)
-    return (make(per_class * len(B.SHAPES), 0, True), make(num_test, 1, True), list(B.SHAPES))
+    return make(per_class * len(values), 0), make(num_test, 1), values

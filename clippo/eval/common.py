@@ -66,7 +66,7 @@ def precision_context(device, precision="fp32"):
         yield
 
 
-def _progress(iterable, enabled, desc, total=None, unit="it"):
+def progress_bar(iterable, enabled, desc, total=None, unit="it"):
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None if enabled else True,
                 leave=False, dynamic_ncols=True)
@@ -89,7 +89,7 @@ def encode_images(model, batches, *, layer="embedding", precision="fp32", progre
     indices)."""
     device = model.device
     feats, targets, indices, skipped = [], [], [], []
-    for batch in _progress(batches, progress, desc, total, "batch"):
+    for batch in progress_bar(batches, progress, desc, total, "batch"):
         skipped += batch["skipped"]
         if batch["images"] is None:
             continue
@@ -111,7 +111,7 @@ def encode_texts(model, texts, *, batch_size=256, layer="embedding", precision="
     device = model.device
     out = []
     starts = range(0, len(texts), batch_size)
-    for s in _progress(starts, progress, desc, len(starts), "batch"):
+    for s in progress_bar(starts, progress, desc, len(starts), "batch"):
         images = renderer(texts[s:s + batch_size])
         with precision_context(device, precision):
             out.append(model_features(model, images, layer).float().cpu())

@@ -12,7 +12,6 @@ file could not be decoded; `collate` drops those and counts them.
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -597,7 +596,3 @@ def read_vqa(questions_path, annotations_path=None, image_root=None, image_templ
     if not out:
         raise DataFormatError(questions_path, None, "no questions")
     return out
-
-
-def warn(message):
-    print(f"clippo eval: warning: {message}", file=sys.stderr)

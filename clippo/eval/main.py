@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from clippo.eval import builtin as BI
 from clippo.eval.common import (PRECISIONS, flatten, load_model, metrics_table, result, table,
@@ -120,9 +119,10 @@ def build_parser():
     p.add_argument("--test", help="evaluation TSV (default: DATA/dev.tsv)")
     p.add_argument("--mode", default="linear", choices=("linear", "finetune"),
                    help="linear probe on frozen features, or full fine-tuning")
-    p.add_argument("--pair-encoding", default="joint", choices=("joint", "separate"),
+    p.add_argument("--pair-encoding", default=None, choices=("joint", "separate"),
                    help="joint: both sentences rendered into one image; separate: each "
-                   "encoded alone, features (u, v, |u-v|, u*v)")
+                   "encoded alone, features (u, v, |u-v|, u*v) (default: separate for "
+                   "--mode linear, joint for --mode finetune)")
     p.add_argument("--pair-separator", default=" | ", help="between the sentences of a "
                    "joint pair")
     g = p.add_argument_group("custom TSV (--task custom; header line required)")
@@ -338,7 +338,8 @@ def run_nlu(args, model=None, precision=None, name=None):
         metrics = {t: evaluate_nlu(model, tasks[t][0], tasks[t][1], tasks[t][2], **kw)
                    for t in chosen}
         chance = {"colour": {"accuracy": 1 / 8, "matthews_corrcoef": 0.0},
-                  "same": {"accuracy": 0.5}, "similarity": {"pearson": 0.0, "spearmanr": 0.0}}
+                  "same": {"accuracy": 0.5, "f1": 0.5},
+                  "similarity": {"pearson": 0.0, "spearmanr": 0.0}}
         chance = {t: chance[t] for t in chosen}
     else:
         task = _glue_task(args)
@@ -346,8 +347,7 @@ def run_nlu(args, model=None, precision=None, name=None):
         test = args.test or str(Path(args.data) / task.dev)
         metrics = {task.name: evaluate_nlu(model, task, read_glue_tsv(train, task),
                                            read_glue_tsv(test, task), **kw)}
-    res = result("nlu", args.data, name, metrics, 0, mode=args.mode,
-                 pair_encoding=args.pair_encoding)
+    res = result("nlu", args.data, name, metrics, 0, mode=args.mode)
     if chance:
         res["chance"] = chance
     return res
@@ -418,13 +418,16 @@ RUNNERS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval,
 
 # The numbers of the results table: (task, metric path in the result's metrics).
 TABLE_METRICS = [
-    ("zeroshot", "acc1"), ("zeroshot", "mean_per_class_recall"),
+    ("zeroshot", "acc1"), ("zeroshot", "acc5"), ("zeroshot", "mean_per_class_recall"),
     ("retrieval", "image_retrieval_recall@1"), ("retrieval", "text_retrieval_recall@1"),
     ("retrieval", "image_retrieval_recall@5"), ("retrieval", "text_retrieval_recall@5"),
     ("multilingual", "image_retrieval_recall@1"), ("multilingual", "text_retrieval_recall@1"),
-    ("nlu", "colour/accuracy"), ("nlu", "same/accuracy"), ("nlu", "similarity/spearmanr"),
+    ("multilingual", "image_retrieval_recall@5"), ("multilingual", "text_retrieval_recall@5"),
+    ("nlu", "colour/accuracy"), ("nlu", "same/accuracy"), ("nlu", "same/f1"),
+    ("nlu", "similarity/pearson"), ("nlu", "similarity/spearmanr"),
     ("vqa", "vqa_accuracy"),
-    ("fewshot", "acc1_1shot"), ("fewshot", "acc1_10shot"), ("fewshot", "acc1_25shot"),
+    ("fewshot", "acc1_1shot"), ("fewshot", "acc1_5shot"), ("fewshot", "acc1_10shot"),
+    ("fewshot", "acc1_25shot"),
 ]
 
 

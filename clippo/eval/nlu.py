@@ -3,10 +3,11 @@ classification and regression, by a linear probe on frozen features or full fine
 
 A sentence pair is encoded one of two ways:
   joint     both sentences rendered into one image, "a | b" (the separator is a setting): one
-            forward pass sees both, as a text encoder sees a pair; the default, and how we read
-            the paper, which feeds GLUE examples to the encoder as rendered text
+            forward pass sees both, as a cross-encoder (BERT) sees a pair; the default for
+            fine-tuning, where the encoder learns to compare the two
   separate  each sentence encoded alone, the features combined as (u, v, |u - v|, u * v)
-            (Sentence-BERT's classifier input): the sentence-embedding way
+            (Sentence-BERT's classifier input); the default for the linear probe, since a
+            frozen encoder was never taught to compare two sentences inside one image
 Metrics are GLUE's: accuracy, F1 (MRPC, QQP), Matthews correlation (CoLA), Pearson and
 Spearman correlation (STS-B).
 """
@@ -20,6 +21,7 @@ from clippo.eval.common import encode_texts, model_features, precision_context
 from clippo.eval.probe import head_loss, make_head, train_head
 
 PAIR_ENCODINGS = ("joint", "separate")
+DEFAULT_PAIR_ENCODING = {"linear": "separate", "finetune": "joint"}
 MODES = ("linear", "finetune")
 DEFAULT_SEPARATOR = " | "
 
@@ -66,7 +68,7 @@ def _targets(task, y):
     return torch.tensor(y, dtype=torch.float32 if task.is_regression else torch.long)
 
 
-def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding="joint",
+def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding=None,
                  separator=DEFAULT_SEPARATOR, layer="pre_logits", epochs=None, lr=None,
                  weight_decay=1e-4, batch_size=64, hidden=0, seed=0, precision="fp32",
                  progress=False):
@@ -74,11 +76,12 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding="join
 
     mode "linear": a linear head (hidden > 0: an MLP) on frozen features; "finetune": the
     whole model and a linear head on its pooled features, trained together (on a copy: the
-    model passed in is left unchanged). epochs / lr default to 100 / 1e-2 (linear) and
-    3 / 3e-5 (finetune).
+    model passed in is left unchanged). pair_encoding: None picks separate for "linear", joint
+    for "finetune". epochs / lr default to 100 / 1e-2 (linear) and 3 / 3e-5 (finetune).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pair_encoding = pair_encoding or DEFAULT_PAIR_ENCODING[mode]
     if pair_encoding not in PAIR_ENCODINGS:
         raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
     out_dim = 1 if task.is_regression else len(task.labels)
@@ -100,6 +103,8 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding="join
                             precision, progress)
     scores = glue_scores(task, outputs, test[2])
     scores.update(num_train=len(train[2]), num_test=len(test[2]))
+    if task.is_pair:
+        scores["pair_encoding"] = pair_encoding
     return scores
 
 

@@ -40,13 +40,6 @@ class RidgeClassifier:
         return self.decision_function(x).argmax(1)
 
 
-def standardize(train, *others):
-    """(train - mean) / std with the training set's statistics, applied to every array."""
-    mean = train.mean(0, keepdim=True)
-    std = train.std(0, keepdim=True, unbiased=False) + 1e-5
-    return [(x - mean) / std for x in (train, *others)]
-
-
 def make_head(in_dim, out_dim, hidden=0):
     if hidden:
         return torch.nn.Sequential(torch.nn.Linear(in_dim, hidden), torch.nn.GELU(),

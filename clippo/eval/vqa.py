@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clippo.eval import metrics as M
-from clippo.eval.common import model_features, precision_context, _progress
+from clippo.eval.common import model_features, precision_context, progress_bar
 from clippo.eval.data import ImageDataset, loader, resize_uint8
 from clippo.eval.probe import train_head
 
@@ -84,7 +84,7 @@ def question_features(model, records, *, band=None, layout="top", layer="pre_log
     dataset = ImageDataset([r["image"] for r in records], list(range(len(records))), (h, w))
     batches = loader(dataset, batch_size, num_workers)
     feats, kept, skipped = [], [], []
-    for batch in _progress(batches, progress, desc, len(batches), "batch"):
+    for batch in progress_bar(batches, progress, desc, len(batches), "batch"):
         skipped += batch["skipped"]
         if batch["images"] is None:
             continue
