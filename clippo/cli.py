@@ -68,7 +68,7 @@ def cmd_convert(args, rest):
 
 
 def cmd_eval(args, rest):
-    from clippo.eval import main as eval_main
+    from clippo.eval.main import main as eval_main
     return eval_main(rest)
 
 

@@ -129,6 +129,18 @@ def test_retrieval_matches_clip_benchmark_without_ties():
         assert ours[f"text_retrieval_recall@{k}"] == pytest.approx(i2t_ref)
 
 
+def test_retrieval_chunking_gives_the_same_ranks():
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 4, size=(13, 29)).astype(float)  # many ties
+    t2i = rng.integers(0, 13, 29)
+    t2i[:13] = np.arange(13)  # every image has a caption
+    whole = M.image_text_retrieval(scores, t2i, ks=(1, 3), chunk=1000)
+    for ties in M.TIES:
+        assert M.image_text_retrieval(scores, t2i, ks=(1, 3), ties=ties, chunk=4) == \
+            M.image_text_retrieval(scores, t2i, ks=(1, 3), ties=ties, chunk=1000)
+    assert whole["image_retrieval_recall@1"] > 0
+
+
 def test_recall_rejects_queries_without_positives():
     with pytest.raises(ValueError, match="no positive"):
         M.recall_at_k([[0.1, 0.2]], [[False, False]])

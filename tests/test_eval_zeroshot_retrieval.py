@@ -136,3 +136,15 @@ def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
     assert rc == 1 and f"{bad}:3:" in err and "Traceback" not in err
     rc = eval_main(["retrieval", "--model", str(tmp_path / "nothing"), "--data", "builtin"])
     assert rc == 1 and "no such model" in capsys.readouterr().err
+
+
+def test_clippo_command_forwards_to_eval(tiny, tmp_path):
+    from clippo.cli import main as clippo_main
+    out = tmp_path / "r.json"
+    rc = clippo_main(["eval", "retrieval", "--model", str(_save_tiny(tiny, tmp_path)),
+                      "--data", "builtin", "--recall-k", "1", "5", "--quiet", "--out",
+                      str(out), "--device", "cpu"])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["task"] == "zeroshot_retrieval"
+    assert set(res["metrics"]) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
+    assert res["chance"]["image_retrieval_recall@1"] == pytest.approx(1 / 64)

@@ -20,7 +20,6 @@ _EXPORTS = {
     "evaluate_fewshot": "clippo.eval.fewshot",
     "open_clip_interface": "clippo.eval.interface",
     "load_model": "clippo.eval.common",
-    "main": "clippo.eval.main",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -96,9 +96,19 @@ def recall_at_k(scores, positives, ks=(1, 5, 10), ties="first"):
 
     scores [Q, G] (query x gallery), positives [Q, G] bool (each query needs at least one).
     This is CLIP-paper retrieval recall: a query counts once however many positives it finds
-    (CLIP_benchmark's `recall_at_k(...) > 0`). The rank of a query is that of its best-ranked
-    positive: 0 + (candidates ranked ahead of it) under the tie rule.
+    (CLIP_benchmark's `recall_at_k(...) > 0`).
     """
+    return recall_from_ranks(best_positive_rank(scores, positives, ties), ks)
+
+
+def recall_from_ranks(ranks, ks):
+    ranks = _array(ranks)
+    return {k: float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
+
+
+def best_positive_rank(scores, positives, ties="first"):
+    """0-based rank of each query's best-ranked positive: the number of negatives ranked
+    ahead of it under the tie rule (positives never push each other down)."""
     _check_ties(ties)
     s = _array(scores, np.float64)
     pos = _array(positives).astype(bool)
@@ -107,47 +117,61 @@ def recall_at_k(scores, positives, ks=(1, 5, 10), ties="first"):
                          f"{pos.shape}")
     if s.shape[0] and not pos.any(1).all():
         raise ValueError(f"{int((~pos.any(1)).sum())} queries have no positive candidate")
-    ranks = _best_positive_rank(s, pos, ties)
-    return {k: float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
-
-
-def _best_positive_rank(s, pos, ties):
-    """Rank of each row's best positive when negatives compete (positives never push each
-    other down: only the first-found positive matters)."""
-    neg_inf = np.where(pos, s, -np.inf)
-    best = neg_inf.max(1, keepdims=True)
+    best = np.where(pos, s, -np.inf).max(1, keepdims=True)
     # the best positive under the tie rule: the lowest-index positive with the best score
     cols = np.arange(s.shape[1])[None, :]
     first_best = np.where(pos & (s == best), cols, s.shape[1]).min(1, keepdims=True)
     negatives = ~pos
     ahead = (negatives & (s > best)).sum(1)
+    tied = negatives & (s == best)
     if ties == "first":
-        ahead += (negatives & (s == best) & (cols < first_best)).sum(1)
-    else:
-        ahead += (negatives & (s == best)).sum(1)
-    return ahead
+        tied &= cols < first_best
+    return ahead + tied.sum(1)
 
 
-def image_text_retrieval(scores, text_to_image, ks=(1, 5, 10), ties="first"):
+def image_text_retrieval(scores, text_to_image, ks=(1, 5, 10), ties="first", chunk=1024):
     """CLIP_benchmark's retrieval metrics from an image x text score matrix.
 
     scores [N_images, N_texts]; text_to_image [N_texts]: the image each text describes.
     image_retrieval_recall@K: text queries retrieving images; text_retrieval_recall@K: image
-    queries retrieving texts (any of the image's captions counts).
+    queries retrieving texts (any of the image's captions counts). Queries are ranked
+    `chunk` at a time, so memory stays bounded on large galleries.
     """
     s = _array(scores, np.float64)
     t2i = _array(text_to_image).astype(np.int64).reshape(-1)
     if s.ndim != 2 or s.shape[1] != t2i.size:
         raise ValueError(f"scores must be [N_images, N_texts] with N_texts = "
                          f"len(text_to_image), got {s.shape} and {t2i.size}")
-    positives = np.zeros(s.shape, bool)
-    positives[t2i, np.arange(t2i.size)] = True
-    t2i_recall = recall_at_k(s.T, positives.T, ks, ties)
-    i2t_recall = recall_at_k(s, positives, ks, ties)
+    return retrieval_metrics_from_ranks(*retrieval_ranks(
+        lambda j0, j1: s[:, j0:j1].T, lambda i0, i1: s[i0:i1], t2i, s.shape[0], ties, chunk),
+        ks)
+
+
+def retrieval_ranks(text_rows, image_rows, text_to_image, num_images, ties="first",
+                    chunk=1024):
+    """(ranks of text queries, ranks of image queries), scoring `chunk` queries at a time:
+    text_rows(j0, j1) -> scores [j1 - j0, N_images], image_rows(i0, i1) -> [i1 - i0, N_texts].
+    """
+    t2i = _array(text_to_image).astype(np.int64).reshape(-1)
+    if t2i.size and (t2i.min() < 0 or t2i.max() >= num_images):
+        raise ValueError(f"text_to_image must lie in [0, {num_images})")
+    images = np.arange(num_images)
+    text_ranks = [best_positive_rank(text_rows(j, min(j + chunk, t2i.size)),
+                                     t2i[j:j + chunk, None] == images[None], ties)
+                  for j in range(0, t2i.size, chunk)]
+    image_ranks = [best_positive_rank(image_rows(i, min(i + chunk, num_images)),
+                                      t2i[None] == images[i:i + chunk, None], ties)
+                   for i in range(0, num_images, chunk)]
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(text_ranks), cat(image_ranks)
+
+
+def retrieval_metrics_from_ranks(text_ranks, image_ranks, ks=(1, 5, 10)):
+    t2i, i2t = recall_from_ranks(text_ranks, ks), recall_from_ranks(image_ranks, ks)
     out = {}
     for k in ks:
-        out[f"image_retrieval_recall@{k}"] = t2i_recall[k]
-        out[f"text_retrieval_recall@{k}"] = i2t_recall[k]
+        out[f"image_retrieval_recall@{k}"] = t2i[k]
+        out[f"text_retrieval_recall@{k}"] = i2t[k]
     return out
 
 

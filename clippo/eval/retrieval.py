@@ -40,9 +40,13 @@ def _scores_and_metrics(zimg, captions_per_image, model, ks, ties, text_batch_si
         texts += list(caps)
         text_to_image += [i] * len(caps)
     ztxt = encode_texts(model, texts, batch_size=text_batch_size, precision=precision,
-                        progress=progress, desc=desc)
-    scores = zimg.double() @ ztxt.double().t()
-    return M.image_text_retrieval(scores, text_to_image, ks, ties), len(texts)
+                        progress=progress, desc=desc).double()
+    zimg = zimg.double()
+    # scores a block of queries at a time: COCO's 25k x 5k matrix is never held whole
+    ranks = M.retrieval_ranks(lambda j0, j1: (ztxt[j0:j1] @ zimg.t()).numpy(),
+                              lambda i0, i1: (zimg[i0:i1] @ ztxt.t()).numpy(),
+                              text_to_image, len(zimg), ties, chunk=512)
+    return M.retrieval_metrics_from_ranks(*ranks, ks), len(texts)
 
 
 def evaluate_retrieval(model, dataset, *, ks=RECALL_KS, ties="first", batch_size=64,
