@@ -4,6 +4,7 @@
     clippo render --file lines.txt -o grid.png    one image per line, in a grid
     clippo convert in.npz out_dir                 big_vision checkpoint -> save_pretrained
     clippo demo                                   render + encode on built-in data, with timings
+    clippo train --train-data builtin ...         train CLIPPO (clippo train -h)
 """
 import argparse
 import math
@@ -67,6 +68,11 @@ def cmd_convert(args, rest):
     return convert.main(rest)
 
 
+def cmd_train(args, rest):
+    from clippo import train
+    return train.main(rest)
+
+
 def cmd_demo(args):
     from clippo import demo
     return demo.main(args)
@@ -86,6 +92,8 @@ def main(argv=None):
     sub.add_parser("convert", help="convert a big_vision .npz checkpoint (clippo convert -h)",
                    add_help=False)
 
+    sub.add_parser("train", help="train CLIPPO (clippo train -h)", add_help=False)
+
     p = sub.add_parser("demo", help="render and encode built-in data, with a benchmark")
     p.add_argument("--out", default="clippo-demo", help="folder for the demo's PNG and JSON")
     p.add_argument("--variant", default="Ti/16", help="model size for the encode demo")
@@ -97,6 +105,8 @@ def main(argv=None):
     try:
         if args.command == "convert":
             return cmd_convert(args, rest)
+        if args.command == "train":
+            return cmd_train(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"render": cmd_render, "demo": cmd_demo}[args.command](args)
