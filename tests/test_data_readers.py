@@ -220,6 +220,15 @@ def test_csv_errors_name_file_and_line(tmp_path):
         CsvDataset(p, image_size=S)
     with pytest.raises(FileNotFoundError):
         CsvDataset(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="one character"):
+        CsvDataset(p, sep=";;")
+
+
+def test_csv_backslash_t_separator_means_tab(csv_tree):
+    root, _ = csv_tree
+    write_csv(root / "t.tsv", [["filepath", "title"], ["imgs/0.png", "a, b"]], sep="\t")
+    ds = CsvDataset(root / "t.tsv", image_size=S, sep="\\t")
+    assert ds[0][1] == "a, b"
 
 
 # --- WebDataset ------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ log = logging.getLogger("clippo.data")
 def read_csv_pairs(path, sep=",", img_key="filepath", caption_key="title"):
     """(image paths, captions) read from a CSV/TSV file with a header row."""
     path = os.fspath(path)
+    if sep == "\\t":  # `--csv-separator "\t"` arrives from a shell as backslash + t
+        sep = "\t"
     if len(sep) != 1:
         raise ValueError(f"{path}: the CSV separator must be one character, got {sep!r}")
     paths, captions = [], []
