@@ -147,6 +147,35 @@ class TrainData:
         return step // self.steps_per_epoch
 
 
+class EpochLoop:
+    """An endless stream over a loader whose epochs end (WebDataset): at the end of one, the
+    dataset's epoch is advanced (reshuffling its shards) and the loader iterated again. The
+    epoch number is part of the state."""
+
+    def __init__(self, loader, dataset):
+        self.loader, self.dataset = loader, dataset
+        self.epoch = 0
+
+    def __iter__(self):
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+            if empty:
+                raise RuntimeError("the training data gave no batch in a whole epoch")
+            self.epoch += 1
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        self.dataset.set_epoch(self.epoch)
+        self.loader.load_state_dict(state["loader"])
+
+
 def _image_text_dataset(args, kind, image_size):
     if kind == "builtin":
         from clippo.data.builtin import BuiltinImageText
@@ -155,8 +184,8 @@ def _image_text_dataset(args, kind, image_size):
                                 seed=args.seed)
     if kind == "csv":
         from clippo.data.csv_dataset import CsvDataset
-        return CsvDataset(args.train_data, image_size=image_size, img_key=args.csv_img_key,
-                          caption_key=args.csv_caption_key, sep=args.csv_separator)
+        return CsvDataset(args.train_data, image_size=image_size, sep=args.csv_separator,
+                          img_key=args.csv_img_key, caption_key=args.csv_caption_key)
     raise ValueError(f"unknown dataset type {kind!r}")
 
 
@@ -169,30 +198,39 @@ def _text_pair_dataset(args):
     return TextPairDataset(args.text_pairs)
 
 
-def split_batch(batch_size, fraction):
-    """(image-text rows, text-pair rows) of a batch with `fraction` text pairs."""
-    from clippo.data.mix import split_batch_size
-    return split_batch_size(batch_size, fraction)
+def _webdataset_loader(args, image_size, batch_size, rank, world_size):
+    import torch
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from clippo.data.wds import WebImageTextDataset
+    if not args.train_num_samples:
+        raise ValueError("WebDataset training data needs --train-num-samples (the epoch "
+                         "length, so that every rank takes the same number of steps)")
+    dataset = WebImageTextDataset(args.train_data, image_size=image_size,
+                                  num_samples=args.train_num_samples, batch_size=batch_size,
+                                  num_workers=args.workers, seed=args.seed, rank=rank,
+                                  world_size=world_size)
+    loader = StatefulDataLoader(dataset, batch_size=None, num_workers=args.workers,
+                                generator=torch.Generator().manual_seed(args.seed))
+    return EpochLoop(loader, dataset), len(dataset)
 
 
 def get_data(args, image_size, rank=0, world_size=1):
     """TrainData for this rank, from the flags (see clippo.train.params)."""
     from clippo.data.collate import collate_image_text, collate_text_pairs
+    from clippo.data.mix import MixedLoader, split_batch_size
 
     kind = check_sources(args)
     with_pairs = bool(args.text_pairs) and args.text_pair_fraction > 0
     if with_pairs:
-        image_batch, pair_batch = split_batch(args.batch_size, args.text_pair_fraction)
+        image_batch, pair_batch = split_batch_size(args.batch_size, args.text_pair_fraction)
     else:
         image_batch, pair_batch = args.batch_size, 0
 
     if kind == "webdataset":
-        from clippo.data.wds import get_wds_loader
-        image_loader, steps_per_epoch = get_wds_loader(
-            args.train_data, image_size=image_size, batch_size=image_batch, rank=rank,
-            world_size=world_size, num_samples=args.train_num_samples, seed=args.seed,
-            workers=args.workers)
-        describe = f"WebDataset {args.train_data}"
+        image_loader, steps_per_epoch = _webdataset_loader(args, image_size, image_batch, rank,
+                                                           world_size)
+        describe = f"WebDataset {args.train_data} ({args.train_num_samples:,} samples/epoch)"
     else:
         dataset = _image_text_dataset(args, kind, image_size)
         if len(dataset) == 0:
@@ -207,17 +245,15 @@ def get_data(args, image_size, rank=0, world_size=1):
         return TrainData(image_loader, steps_per_epoch=steps_per_epoch, describe=describe,
                          image_batch=image_batch)
 
-    from clippo.data.mix import MixedLoader
     pairs = _text_pair_dataset(args)
-    if len(pairs) == 0:
-        raise ValueError(f"--text-pairs {args.text_pairs} holds no pairs")
     pair_sampler = ShardedBatchSampler(len(pairs), pair_batch, rank, world_size,
                                        seed=args.seed + 1)
     pair_loader = _loader(pairs, pair_sampler, collate_text_pairs, args.workers,
                           seed=(args.seed + 1) * 1_000_003 + rank)
     describe += f" + text pairs {args.text_pairs} ({pair_batch} of {args.batch_size} per batch)"
-    return TrainData(MixedLoader(image_loader, pair_loader), steps_per_epoch=steps_per_epoch,
-                     describe=describe, image_batch=image_batch, pair_batch=pair_batch)
+    return TrainData(MixedLoader(image_loader, pair_loader, pair_batch),
+                     steps_per_epoch=steps_per_epoch, describe=describe,
+                     image_batch=image_batch, pair_batch=pair_batch)
 
 
 def steps_for_epochs(epochs, steps_per_epoch):

@@ -236,6 +236,24 @@ def _log(env, message, bar=None):
         print(message, file=sys.stderr, flush=True)
 
 
+def _guarded_step(module, task, optimizer, batch, env, args, autocast):
+    """train_step, except for a batch whose every sample was skipped: no update then (a
+    zero loss and row count are reported)."""
+    rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
+    zero = torch.zeros((), device=env.device)
+    if rows == 0 and not env.distributed:
+        return {"loss": zero, "n": 0, "grad_norm": zero}
+    try:
+        return train_step(module, task, optimizer, batch, device=env.device,
+                          accum_freq=args.accum_freq, grad_clip_norm=args.grad_clip_norm,
+                          autocast=autocast)
+    except ValueError as e:  # every rank's batch empty: the loss says so on every rank alike
+        if "at least one pair" not in str(e):
+            raise
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": zero, "n": 0, "grad_norm": zero}
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 def run(args):
@@ -382,9 +400,7 @@ def _run(args, env):
         t0 = time.perf_counter()
         batch = next(batches)
         interval["data"] += time.perf_counter() - t0
-        out = train_step(module, task, optimizer, batch, device=device,
-                         accum_freq=args.accum_freq, grad_clip_norm=args.grad_clip_norm,
-                         autocast=autocast)
+        out = _guarded_step(module, task, optimizer, batch, env, args, autocast)
         skipped = int(batch.get("skipped", 0))
         local = torch.stack([out["loss"].double(),
                              torch.tensor(float(out["n"]), dtype=torch.float64, device=device),
@@ -393,7 +409,8 @@ def _run(args, env):
         step_loss, rows = local[0] / env.world_size, local[1]
         stats += torch.stack([step_loss, rows, local[2]])
         if args.loss == "softmax":  # collapse: loss == log(rows), no sync needed
-            near = ((step_loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE)
+            near = ((step_loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE) \
+                & (rows > 1)
             streak = (streak + 1) * near
             longest = torch.maximum(longest, streak)
         step += 1

@@ -62,7 +62,11 @@ class ContrastiveTask(nn.Module):
 
 def render_sides(task, batch, device):
     """(left, right) uint8 image batches on `device`; the strings are rendered there."""
-    images = batch["images"].to(device, non_blocking=True)
+    images = batch["images"]
+    if images.shape[0] == 0:  # every photo of the batch was skipped: [0, 3, 0, 0]
+        size = task.model.render_config.image_size
+        images = torch.empty((0, 3, size, size), dtype=torch.uint8)
+    images = images.to(device, non_blocking=True)
     texts = list(batch["texts"])
     texts_a, texts_b = list(batch.get("texts_a") or []), list(batch.get("texts_b") or [])
     with torch.no_grad():
