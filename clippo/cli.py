@@ -8,6 +8,7 @@
 """
 import argparse
 import sys
+from pathlib import Path
 
 
 def _render_args(p):
@@ -49,9 +50,35 @@ def cmd_render(args):
     return 0
 
 
-def cmd_convert(args, rest):
+def convert_main(argv=None):
+    """`clippo convert in.npz out_dir`: big_vision checkpoint -> save_pretrained directory."""
     from clippo import convert
-    return convert.main(rest)
+    from clippo.model.clippo import CLIPPO
+
+    parser = argparse.ArgumentParser(
+        prog="clippo convert",
+        description="Convert a big_vision CLIPPO .npz checkpoint to safetensors + config.json.")
+    parser.add_argument("input", help="big_vision .npz checkpoint")
+    parser.add_argument("output", help="directory to write model.safetensors and config.json to")
+    args = parser.parse_args(argv)
+    try:
+        model = CLIPPO.from_big_vision(args.input)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"clippo convert: error: {e}", file=sys.stderr)
+        return 1
+    print("inferred config:")
+    for k, v in model.config.items():
+        if k != "render":
+            print(f"  {k}: {v}")
+    print(f"parameters: {model.num_params():,}")
+    model.save_pretrained(args.output)
+    out = Path(args.output)
+    print(f"wrote {out / convert.WEIGHTS_NAME} and {out / convert.CONFIG_NAME}")
+    return 0
+
+
+def cmd_convert(args, rest):
+    return convert_main(rest)
 
 
 def cmd_demo(args):
