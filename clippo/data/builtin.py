@@ -1,0 +1,264 @@
+"""Built-in data: procedurally drawn scenes with captions in four languages, no download.
+
+A scene is one coloured shape at one position on a noisy grey background. Captions name the
+colour, the shape and (for most captions) the position, in English, German,
+Russian or Chinese (Latin, Cyrillic and Han script), so a model trained on them has to read
+rendered text in several scripts:
+
+    "a red circle on the left" | "ein Kreis in Rot links" | "круг красного цвета слева" | "左边的红色圆形"
+
+The colour x shape combinations are split: `combos("heldout")` (two shapes per colour) never
+appear in `split="train"`, so zero-shot classification and retrieval on the held-out split
+measure whether the model composes what it read, not whether it memorised pairs.
+
+Everything is a pure function of (seed, split, index): item i of a dataset is the same in every
+process, worker and run.
+"""
+import numpy as np
+import torch
+
+COLORS = {  # name -> RGB
+    "red": (215, 35, 35),
+    "green": (35, 160, 55),
+    "blue": (40, 75, 215),
+    "yellow": (235, 210, 35),
+    "purple": (135, 45, 175),
+    "orange": (240, 135, 25),
+    "white": (250, 250, 250),
+    "black": (12, 12, 12),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+POSITIONS = ("left", "right", "top", "bottom")
+LANGUAGES = ("en", "de", "ru", "zh")
+SPLITS = ("train", "heldout", "all")
+
+# Words per language. German nouns are all neuter or masculine ("ein"), and Russian names the
+# colour in the genitive ("... красного цвета"), so no template needs gender agreement.
+_WORDS = {
+    "en": {
+        "color": {c: c for c in COLORS},
+        "shape": {s: s for s in SHAPES},
+        "position": {"left": "on the left", "right": "on the right", "top": "at the top",
+                     "bottom": "at the bottom"},
+    },
+    "de": {
+        "color": {"red": "Rot", "green": "Grün", "blue": "Blau", "yellow": "Gelb",
+                  "purple": "Lila", "orange": "Orange", "white": "Weiß", "black": "Schwarz"},
+        "shape": {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck",
+                  "star": "Stern", "cross": "Kreuz", "ring": "Ring"},
+        "position": {"left": "links", "right": "rechts", "top": "oben", "bottom": "unten"},
+    },
+    "ru": {
+        "color": {"red": "красного", "green": "зелёного", "blue": "синего", "yellow": "жёлтого",
+                  "purple": "фиолетового", "orange": "оранжевого", "white": "белого",
+                  "black": "чёрного"},
+        "shape": {"circle": "круг", "square": "квадрат", "triangle": "треугольник",
+                  "star": "звезда", "cross": "крест", "ring": "кольцо"},
+        "position": {"left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
+    },
+    "zh": {
+        "color": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
+                  "purple": "紫色", "orange": "橙色", "white": "白色", "black": "黑色"},
+        "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
+                  "cross": "十字", "ring": "圆环"},
+        "position": {"left": "左边的", "right": "右边的", "top": "上面的", "bottom": "下面的"},
+    },
+}
+
+
+def _check(kind, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {tuple(allowed)}")
+    return value
+
+
+def combos(split="all"):
+    """(color, shape) pairs of a split, in a fixed order: "heldout" holds two shapes per colour
+    (16 pairs, every shape two or three times, so neither attribute alone names a held-out
+    pair), "train" the other 32, "all" the 48."""
+    _check("split", split, SPLITS)
+    n = len(SHAPES)
+    heldout = {(c, SHAPES[k % n]) for i, c in enumerate(COLORS) for k in (i, i + 2)}
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    if split == "heldout":
+        return [p for p in pairs if p in heldout]
+    if split == "train":
+        return [p for p in pairs if p not in heldout]
+    return pairs
+
+
+def class_name(color, shape, lang="en"):
+    """The class's name in a language: caption without a position ("red circle")."""
+    return caption(color, shape, None, lang, article=False)
+
+
+def caption(color, shape, position=None, lang="en", article=True):
+    """A caption naming colour, shape and optionally position, in `lang`."""
+    w = _WORDS[_check("language", lang, LANGUAGES)]
+    c = w["color"][_check("colour", color, COLORS)]
+    s = w["shape"][_check("shape", shape, SHAPES)]
+    p = None if position is None else w["position"][_check("position", position, POSITIONS)]
+    if lang == "en":
+        text = f"a {c} {s}" if article else f"{c} {s}"
+        return text if p is None else f"{text} {p}"
+    if lang == "de":
+        text = f"ein {s} in {c}" if article else f"{s} in {c}"
+        return text if p is None else f"{text} {p}"
+    if lang == "ru":
+        text = f"{s} {c} цвета"
+        return text if p is None else f"{text} {p}"
+    return f"{c}{s}" if p is None else f"{p}{c}{s}"
+
+
+def _polygon(cx, cy, radii, angles):
+    return [(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles)]
+
+
+def draw_scene(color, shape, position, rng, image_size=64):
+    """uint8 [S, S, 3]: the shape in the colour at the position, on a noisy grey background.
+
+    Size, exact place, rotation, colour tint and background come from `rng` (a numpy Generator).
+    """
+    from PIL import Image, ImageDraw  # Pillow draws the polygons; imported only when used
+
+    _check("colour", color, COLORS)
+    _check("shape", shape, SHAPES)
+    _check("position", position, POSITIONS)
+    S = int(image_size)
+    if S < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    grey = int(rng.integers(70, 186))
+    img = Image.new("RGB", (S, S), (grey, grey, grey))
+    draw = ImageDraw.Draw(img)
+    near, across = rng.uniform(0.24, 0.32), rng.uniform(0.36, 0.64)
+    cx, cy = {"left": (near, across), "right": (1 - near, across),
+              "top": (across, near), "bottom": (across, 1 - near)}[position]
+    cx, cy, r = cx * S, cy * S, rng.uniform(0.15, 0.21) * S
+    rot = rng.uniform(-0.35, 0.35)
+    fill = tuple(int(np.clip(v + rng.integers(-18, 19), 0, 255)) for v in COLORS[color])
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        h = r * 0.5
+        draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=(grey, grey, grey))
+    elif shape == "square":
+        a = rot + np.pi / 4 + np.arange(4) * np.pi / 2
+        draw.polygon(_polygon(cx, cy, [r * 1.15] * 4, a), fill=fill)
+    elif shape == "triangle":
+        a = rot - np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        draw.polygon(_polygon(cx, cy + 0.15 * r, [r * 1.2] * 3, a), fill=fill)
+    elif shape == "star":
+        a = rot - np.pi / 2 + np.arange(10) * np.pi / 5
+        draw.polygon(_polygon(cx, cy, [r * 1.15, r * 0.48] * 5, a), fill=fill)
+    else:  # cross: a plus sign, twelve corners
+        t = 0.36
+        pts = [(t, 1), (t, t), (1, t), (1, -t), (t, -t), (t, -1), (-t, -1), (-t, -t), (-1, -t),
+               (-1, t), (-t, t), (-t, 1)]
+        c, s = np.cos(rot), np.sin(rot)
+        draw.polygon([(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts],
+                     fill=fill)
+    out = np.asarray(img, dtype=np.int16)
+    out = out + rng.normal(0, 6, size=(S, S, 1)).astype(np.int16)  # same noise on R, G, B
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class BuiltinImageText(torch.utils.data.Dataset):
+    """Scenes and captions: item i -> (uint8 tensor [3, S, S], caption str).
+
+    split: "train" (training combinations), "heldout" (the combinations never trained on) or
+    "all". position_prob: the chance that a caption also names the position. Each item draws
+    its combination, position and language from a generator seeded by (seed, split, i).
+    """
+
+    def __init__(self, split="train", num_samples=10000, image_size=64, seed=0,
+                 languages=LANGUAGES, position_prob=0.75):
+        self.split = _check("split", split, SPLITS)
+        if int(num_samples) < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self.languages = tuple(_check("language", lang, LANGUAGES) for lang in languages)
+        if not self.languages:
+            raise ValueError("languages must name at least one language")
+        self.position_prob = float(position_prob)
+        self.combos = combos(split)
+
+    def __len__(self):
+        return self.num_samples
+
+    def _rng(self, i):
+        return np.random.default_rng([self.seed, SPLITS.index(self.split), i])
+
+    def meta(self, i):
+        """The item's attributes: color, shape, position, lang, named (position in caption)."""
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"index {i} out of range for {self.num_samples} samples")
+        rng = self._rng(i)
+        color, shape = self.combos[int(rng.integers(len(self.combos)))]
+        position = POSITIONS[int(rng.integers(len(POSITIONS)))]
+        lang = self.languages[int(rng.integers(len(self.languages)))]
+        named = bool(rng.random() < self.position_prob)
+        return dict(color=color, shape=shape, position=position, lang=lang, named=named,
+                    rng=rng)
+
+    def caption(self, i):
+        m = self.meta(i)
+        return caption(m["color"], m["shape"], m["position"] if m["named"] else None, m["lang"])
+
+    def __getitem__(self, i):
+        if i < 0:
+            i += self.num_samples
+        m = self.meta(i)
+        image = draw_scene(m["color"], m["shape"], m["position"], m["rng"], self.image_size)
+        text = caption(m["color"], m["shape"], m["position"] if m["named"] else None, m["lang"])
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), text
+
+
+class BuiltinTextPairs(torch.utils.data.Dataset):
+    """Neighbouring sentences of short scene descriptions: item i -> (sentence, next sentence).
+
+    The two sentences share the object they speak of, as neighbouring sentences in running
+    text do, in one language per pair; for next-sentence contrastive co-training.
+    """
+
+    _TEMPLATES = {
+        "en": ("there is a {c} {s}.", "the {s} is {p}."),
+        "de": ("da ist ein {s} in {c}.", "der {s} ist {p}."),
+        "ru": ("вот {s} {c} цвета.", "{s} {p}."),
+        "zh": ("这里有一个{c}{s}。", "{s}在{p}。"),
+    }
+    _PLAIN_POSITION = {"en": {"left": "on the left", "right": "on the right", "top": "at the top",
+                              "bottom": "at the bottom"},
+                       "zh": {"left": "左边", "right": "右边", "top": "上面", "bottom": "下面"}}
+
+    def __init__(self, num_samples=10000, seed=0, languages=LANGUAGES):
+        if int(num_samples) < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.languages = tuple(_check("language", lang, LANGUAGES) for lang in languages)
+        if not self.languages:
+            raise ValueError("languages must name at least one language")
+        self.combos = combos("all")
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getitem__(self, i):
+        if i < 0:
+            i += self.num_samples
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"index {i} out of range for {self.num_samples} samples")
+        rng = np.random.default_rng([self.seed, 7, i])
+        color, shape = self.combos[int(rng.integers(len(self.combos)))]
+        position = POSITIONS[int(rng.integers(len(POSITIONS)))]
+        lang = self.languages[int(rng.integers(len(self.languages)))]
+        w = _WORDS[lang]
+        first, second = self._TEMPLATES[lang]
+        pos = self._PLAIN_POSITION.get(lang, w["position"])[position]
+        kw = dict(c=w["color"][color], s=w["shape"][shape], p=pos)
+        if lang == "de":  # Kreis, Stern, Ring are masculine; the others neuter
+            second = second if shape in ("circle", "star", "ring") else "das {s} ist {p}."
+        return first.format(**kw), second.format(**kw)
