@@ -7,7 +7,6 @@ step renders it on the training device. Submodules load on first use, so importi
 clippo.data pulls in neither Pillow nor webdataset.
 """
 import importlib
-import importlib.util
 
 _EXPORTS = {
     "ImageTransform": "clippo.data.transforms",
@@ -26,11 +25,10 @@ _EXPORTS = {
     "split_batch_size": "clippo.data.mix",
 }
 
-# built-in synthetic data (clippo/data/builtin.py), exported when that module is present
-_BUILTIN_NAMES = ("COLORS", "SHAPES", "POSITIONS", "LANGUAGES", "combos", "draw_scene",
-                  "caption", "class_name", "BuiltinImageText", "BuiltinTextPairs")
-if importlib.util.find_spec("clippo.data.builtin") is not None:
-    _EXPORTS.update({name: "clippo.data.builtin" for name in _BUILTIN_NAMES})
+# built-in synthetic data
+_EXPORTS.update({name: "clippo.data.builtin" for name in (
+    "COLORS", "SHAPES", "POSITIONS", "LANGUAGES", "SPLITS", "combos", "draw_scene", "caption",
+    "class_name", "BuiltinImageText", "BuiltinTextPairs")})
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,13 +1,13 @@
 """Built-in data: procedurally drawn scenes with captions in four languages, no download.
 
 A scene is one coloured shape at one position on a noisy grey background. Captions name the
-colour, the shape and (for half of the training captions) the position, in English, German,
+colour, the shape and (for most captions) the position, in English, German,
 Russian or Chinese (Latin, Cyrillic and Han script), so a model trained on them has to read
 rendered text in several scripts:
 
     "a red circle on the left" | "ein Kreis in Rot links" | "круг красного цвета слева" | "左边的红色圆形"
 
-The colour x shape combinations are split: `combos("heldout")` (one shape per colour) never
+The colour x shape combinations are split: `combos("heldout")` (two shapes per colour) never
 appear in `split="train"`, so zero-shot classification and retrieval on the held-out split
 measure whether the model composes what it read, not whether it memorised pairs.
 
@@ -73,12 +73,13 @@ def _check(kind, value, allowed):
 
 
 def combos(split="all"):
-    """(color, shape) pairs of a split: "heldout" holds one shape per colour (every shape at
-    least once), "train" the other 40, "all" the 48 in a fixed order."""
+    """(color, shape) pairs of a split, in a fixed order: "heldout" holds two shapes per colour
+    (16 pairs, every shape two or three times, so neither attribute alone names a held-out
+    pair), "train" the other 32, "all" the 48."""
     _check("split", split, SPLITS)
-    colors = list(COLORS)
-    heldout = {(c, SHAPES[(5 * i + 1) % len(SHAPES)]) for i, c in enumerate(colors)}
-    pairs = [(c, s) for c in colors for s in SHAPES]
+    n = len(SHAPES)
+    heldout = {(c, SHAPES[k % n]) for i, c in enumerate(COLORS) for k in (i, i + 2)}
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
     if split == "heldout":
         return [p for p in pairs if p in heldout]
     if split == "train":
@@ -171,7 +172,7 @@ class BuiltinImageText(torch.utils.data.Dataset):
     """
 
     def __init__(self, split="train", num_samples=10000, image_size=64, seed=0,
-                 languages=LANGUAGES, position_prob=0.5):
+                 languages=LANGUAGES, position_prob=0.75):
         self.split = _check("split", split, SPLITS)
         if int(num_samples) < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")

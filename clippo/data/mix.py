@@ -4,8 +4,8 @@
     loader = MixedLoader(image_text_loader, text_pair_loader, n_text_pairs)
     for batch in loader:   # {"images", "texts", "texts_a", "texts_b", "skipped"}
 
-The image-text loader (batch size n_image_text) sets the epoch; every batch gets exactly
-n_text_pairs pairs, taken from the text-pair loader's batches in order (regrouped, so that
+The image-text loader (batch size n_image_text; drop_last=True keeps its last batch full
+too) sets the epoch; every batch gets exactly n_text_pairs pairs, taken from the text-pair loader's batches in order (regrouped, so that
 loader's own batch size does not matter) and cycling over it when it runs out. Both loaders
 reshuffle on each pass as DataLoaders do; on every new text-pair pass `set_epoch(k)` is
 called on its sampler or dataset when they have one (DistributedSampler).
