@@ -82,7 +82,7 @@ setup(
     package_data={"clippo": ["fonts/*", "model_configs/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy", "freetype-py", "safetensors", "pillow",
-                      "webdataset", "torchdata>=0.8"],
+                      "webdataset", "torchdata>=0.8", "tqdm", "pyyaml"],
     extras_require={"triton": ["triton"], "dev": ["pytest", "ninja", "pybind11"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},

@@ -90,7 +90,7 @@ def test_kill_9_then_resume_latest_matches_uninterrupted_run(tmp_path):
 
 
 def test_full_disk_keeps_previous_checkpoint_and_training_goes_on(tmp_path, monkeypatch,
-                                                                  one_thread):
+                                                                  capsys, one_thread):
     real_save = torch.save
     calls = []
 
@@ -104,8 +104,10 @@ def test_full_disk_keeps_previous_checkpoint_and_training_goes_on(tmp_path, monk
     monkeypatch.setattr(ck.torch, "save", save)
     args = parse_args(TINY + ["--steps", "12", "--save-every", "4", "--workers", "0",
                               "--output", str(tmp_path)])
-    with pytest.warns(RuntimeWarning, match="No space left on device"):
-        summary = run(args)
+    summary = run(args)
+    err = capsys.readouterr().err
+    assert err.count("WARNING: could not write checkpoint") == 1
+    assert f"{ck.checkpoint_name(8)} ([Errno {errno.ENOSPC}] No space left on device)" in err
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names == [ck.checkpoint_name(4), ck.checkpoint_name(12)]  # no step 8, no temporary
     assert ck.load_checkpoint(tmp_path / "checkpoints" / ck.checkpoint_name(4))["step"] == 4
@@ -152,7 +154,7 @@ def test_collapse_watchdog_warns_once(tmp_path, capsys, monkeypatch, one_thread)
     (["--train-data", "/nonexistent/train.csv"], "/nonexistent/train.csv: no such file"),
     (["--image-size", "36"], "not a multiple of patch"),
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
-    (["--warmup", "20"], "do not fit in 12 steps"),
+    (["--model", "B/16x"], "unknown"),
 ])
 def test_bad_setups_fail_before_training(tmp_path, capsys, flags, message, one_thread):
     code = main(TINY + ["--steps", "12", "--workers", "0", "--output", str(tmp_path / "o")]

@@ -54,8 +54,11 @@ def test_resolve_and_errors():
     assert resolve_steps(0.25, 40) == 10
     assert resolve_steps(7, 40) == 7
     assert resolve_steps(0, 40) == 0
-    with pytest.raises(ValueError, match="do not fit"):
-        Schedule(base_lr=1.0, total_steps=10, warmup=8, cooldown=5)
+    with pytest.warns(UserWarning, match="do not fit in 10 steps: using 8 and 2"):
+        s = Schedule(base_lr=1.0, total_steps=10, warmup=8, cooldown=5)
+    assert (s.warmup_steps, s.cooldown_steps) == (8, 2)
+    with pytest.warns(UserWarning, match="using 10 and 0"):
+        assert Schedule(base_lr=1.0, total_steps=10, warmup=50).warmup_steps == 10
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         lr_at(0, base_lr=1.0, total_steps=10, kind="step")
     with pytest.raises(ValueError, match="lr-end"):

@@ -29,7 +29,6 @@ import shutil
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +345,9 @@ def _run(args, env):
     if env.is_master:
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     global_batch = args.batch_size * env.world_size
-    _log(env, f"clippo train: {model.config.get('variant') or args.model}, "
+    cfg = model.config
+    _log(env, f"clippo train: {args.model} (width {cfg['width']}, depth {cfg['depth']}, "
+              f"patch {cfg['patch_size']}, {image_size} px), "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, on {device} "
               f"x{env.world_size} ({precision}); data: {data.describe}; global batch "
               f"{global_batch}; steps {start_step} -> {total_steps}"
@@ -372,8 +373,8 @@ def _run(args, env):
         try:
             ckpt_lib.atomic_save(payload, path)
         except OSError as e:
-            warnings.warn(f"could not write checkpoint {path} ({e}); the previous checkpoints "
-                          f"are intact and training goes on", RuntimeWarning, stacklevel=2)
+            _log(env, f"WARNING: could not write checkpoint {path} ({e}); the previous "
+                      f"checkpoints are intact and training goes on", bar)
             return None
         ckpt_lib.prune(ckpt_dir, args.keep)
         return path

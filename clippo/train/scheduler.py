@@ -13,6 +13,7 @@ A pure function of the step is what makes a resumed run's learning rates equal a
 uninterrupted run's: nothing but the step number is carried over.
 """
 import math
+import warnings
 
 KINDS = ("cosine", "rsqrt", "const")
 
@@ -61,8 +62,13 @@ class Schedule:
         self.cooldown_steps = resolve_steps(cooldown, total_steps)
         self.timescale, self.lr_end = timescale, lr_end
         if self.warmup_steps + self.cooldown_steps > total_steps:
-            raise ValueError(f"warm-up ({self.warmup_steps} steps) and cool-down "
-                             f"({self.cooldown_steps} steps) do not fit in {total_steps} steps")
+            # a shortened run (a smoke test) keeps its recipe: the phases are cut to fit
+            warmup = min(self.warmup_steps, total_steps)
+            cooldown = min(self.cooldown_steps, total_steps - warmup)
+            warnings.warn(f"warm-up ({self.warmup_steps} steps) and cool-down "
+                          f"({self.cooldown_steps} steps) do not fit in {total_steps} steps: "
+                          f"using {warmup} and {cooldown}", stacklevel=2)
+            self.warmup_steps, self.cooldown_steps = warmup, cooldown
         if kind == "cosine" and lr_end > base_lr:
             raise ValueError(f"--lr-end {lr_end} is above --lr {base_lr}")
 
