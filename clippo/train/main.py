@@ -19,7 +19,6 @@ A full disk while saving a checkpoint leaves the previous checkpoints intact: th
 is reported as a warning and training goes on (the next save tries again). Failing to write
 the final model is an error.
 """
-import contextlib
 import functools
 import json
 import math
@@ -235,24 +234,6 @@ def _log(env, message, bar=None):
         print(message, file=sys.stderr, flush=True)
 
 
-def _guarded_step(module, task, optimizer, batch, env, args, autocast):
-    """train_step, except for a batch whose every sample was skipped: no update then (a
-    zero loss and row count are reported)."""
-    rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
-    zero = torch.zeros((), device=env.device)
-    if rows == 0 and not env.distributed:
-        return {"loss": zero, "n": 0, "grad_norm": zero}
-    try:
-        return train_step(module, task, optimizer, batch, device=env.device,
-                          accum_freq=args.accum_freq, grad_clip_norm=args.grad_clip_norm,
-                          autocast=autocast)
-    except ValueError as e:  # every rank's batch empty: the loss says so on every rank alike
-        if "at least one pair" not in str(e):
-            raise
-        optimizer.zero_grad(set_to_none=True)
-        return {"loss": zero, "n": 0, "grad_norm": zero}
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 def run(args):
@@ -263,214 +244,251 @@ def run(args):
     """
     env = dist_lib.init_distributed(args.device, args.dist_backend)
     try:
-        return _run(args, env)
+        return Trainer(args, env).train()
     finally:
         dist_lib.cleanup(env)
 
 
-def _run(args, env):
-    out_dir = Path(args.output)
-    ckpt_dir = out_dir / "checkpoints"
-    device = env.device
-    try:
-        check_sources(args)
-    except (FileNotFoundError, ValueError) as e:
-        raise TrainError(str(e)) from None
-    if args.pretrained and not Path(args.pretrained).exists():
-        raise TrainError(f"--pretrained {args.pretrained}: no such file or directory")
-    if env.is_master:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_lib.remove_temporaries(ckpt_dir)
-    dist_lib.barrier(env)
+class Trainer:
+    """One run: set up from the flags (and a checkpoint), then `train()`."""
 
-    resume_path, ckpt = _resolve_resume(args, ckpt_dir, env)
+    def __init__(self, args, env):
+        self.args, self.env, self.device = args, env, env.device
+        self.out_dir = Path(args.output)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        try:
+            check_sources(args)
+        except (FileNotFoundError, ValueError) as e:
+            raise TrainError(str(e)) from None
+        if args.pretrained and not Path(args.pretrained).exists():
+            raise TrainError(f"--pretrained {args.pretrained}: no such file or directory")
+        if env.is_master:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_lib.remove_temporaries(self.ckpt_dir)
+        dist_lib.barrier(env)
+        self.resume_path, ckpt = _resolve_resume(args, self.ckpt_dir, env)
 
-    _seed_everything(args.seed)  # the same initial weights on every rank
-    model = build_model(args)
-    image_size = model.config["image_size"]
-    if not isinstance(image_size, int):
-        raise TrainError(f"the trainer needs a square model image size, got {image_size}")
-    from clippo.loss import create_loss
-    loss_fn = create_loss(args.loss)
-    task = ContrastiveTask(model, loss_fn).to(device)
-    optimizer = build_optimizer(args, task)
-    if ckpt is not None:
-        _check_resume_compatible(ckpt, args, env, model)
-        task.load_state_dict(ckpt["task"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if args.grad_checkpointing:
-        enable_grad_checkpointing(model)
-    if args.torchcompile:
-        model.img.compile()
+        _seed_everything(args.seed)  # the same initial weights on every rank
+        self.model = build_model(args)
+        self.image_size = self.model.config["image_size"]
+        if not isinstance(self.image_size, int):
+            raise TrainError(f"the trainer needs a square model image size, got "
+                             f"{self.image_size}")
+        from clippo.loss import create_loss
+        self.loss_fn = create_loss(args.loss)
+        self.task = ContrastiveTask(self.model, self.loss_fn).to(self.device)
+        self.optimizer = build_optimizer(args, self.task)
+        if ckpt is not None:
+            _check_resume_compatible(ckpt, args, env, self.model)
+            self.task.load_state_dict(ckpt["task"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if args.grad_checkpointing:
+            enable_grad_checkpointing(self.model)
+        if args.torchcompile:
+            self.model.img.compile()
+        self.module = self.task
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            self.module = DistributedDataParallel(
+                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False)
 
-    module = task
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        module = DistributedDataParallel(
-            task, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=False)
+        try:
+            self.data = get_data(args, self.image_size, env.rank, env.world_size)
+        except FileNotFoundError as e:
+            raise TrainError(str(e)) from None
+        self.total_steps = args.steps or steps_for_epochs(args.epochs or 1.0,
+                                                          self.data.steps_per_epoch)
+        try:
+            self.schedule = Schedule(
+                base_lr=args.lr, total_steps=self.total_steps, kind=args.lr_scheduler,
+                warmup=args.warmup, cooldown=args.cooldown, timescale=args.timescale,
+                lr_end=args.lr_end)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        precision = args.precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        self.precision = precision
+        self.autocast = (functools.partial(torch.autocast, self.device.type,
+                                           dtype=torch.bfloat16) if precision == "bf16" else None)
 
-    try:
-        data = get_data(args, image_size, env.rank, env.world_size)
-    except FileNotFoundError as e:
-        raise TrainError(str(e)) from None
-    total_steps = args.steps or steps_for_epochs(args.epochs or 1.0, data.steps_per_epoch)
-    try:
-        schedule = Schedule(base_lr=args.lr, total_steps=total_steps, kind=args.lr_scheduler,
-                            warmup=args.warmup, cooldown=args.cooldown, timescale=args.timescale,
-                            lr_end=args.lr_end)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
+        # what a checkpoint carries besides the weights: step, data position, RNG states, the
+        # collapse watchdog and the partly filled logging interval
+        self.step = 0
+        self.watchdog = {"streak": 0, "warned": False}
+        self.stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, rows, skip
+        self.interval_steps = 0
+        if ckpt is not None:
+            self.step = int(ckpt["step"])
+            self.data.load_state_dict(ckpt["data"][env.rank])
+            self.watchdog = dict(ckpt["watchdog"])
+            self.stats.copy_(ckpt["log_interval"]["stats"])
+            self.interval_steps = int(ckpt["log_interval"]["steps"])
+        self.batches = iter(self.data)  # starts the workers (and draws their base seed)
+        if ckpt is not None:
+            ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
+        else:
+            torch.manual_seed(args.seed * 1_000_003 + env.rank)
+        self.start_step = self.step
+        self.metrics = MetricsLog(self.out_dir, self.step, env.is_master)
+        self.bar = None
 
-    start_step = 0
-    watchdog = {"streak": 0, "warned": False}
-    resumed_interval = None
-    if ckpt is not None:
-        start_step = int(ckpt["step"])
-        data.load_state_dict(ckpt["data"][env.rank])
-        watchdog = dict(ckpt.get("watchdog", watchdog))
-        resumed_interval = ckpt["log_interval"]
-    batches = iter(data)  # starts the workers (and draws their base seed)
-    if ckpt is not None:
-        ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
-    else:
-        torch.manual_seed(args.seed * 1_000_003 + env.rank)
-    del ckpt  # the optimizer and model hold their copies
+    def log(self, message):
+        _log(self.env, message, self.bar)
 
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
-                if precision == "bf16" else None)
-
-    metrics = MetricsLog(out_dir, start_step, env.is_master)
-    if env.is_master:
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    global_batch = args.batch_size * env.world_size
-    cfg = model.config
-    _log(env, f"clippo train: {args.model} (width {cfg['width']}, depth {cfg['depth']}, "
-              f"patch {cfg['patch_size']}, {image_size} px), "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, on {device} "
-              f"x{env.world_size} ({precision}); data: {data.describe}; global batch "
-              f"{global_batch}; steps {start_step} -> {total_steps}"
-              + (f"; resumed from {resume_path}" if resume_path else ""))
-
-    def save_checkpoint(step):
+    def save_checkpoint(self):
+        """Gather every rank's RNG and data state; rank 0 writes the file (atomically)."""
         states = dist_lib.all_gather_object(
-            {"rng": ckpt_lib.rng_state(), "data": data.state_dict()}, env)
-        if not env.is_master:
+            {"rng": ckpt_lib.rng_state(), "data": self.data.state_dict()}, self.env)
+        if not self.env.is_master:
             return None
         payload = {
-            "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "step": step,
-            "epoch": data.epoch(step), "world_size": env.world_size,
-            "task": task.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": {"step": step, **schedule.state_dict()},
-            "model_config": model.config, "args": vars(args), "watchdog": dict(watchdog),
-            # the partly filled logging interval, so the next metrics line averages the same
-            # steps as an uninterrupted run's
-            "log_interval": {"stats": stats.cpu(), "steps": interval["steps"]},
+            "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "step": self.step,
+            "epoch": self.data.epoch(self.step), "world_size": self.env.world_size,
+            "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, **self.schedule.state_dict()},
+            "model_config": self.model.config, "args": vars(self.args),
+            "watchdog": dict(self.watchdog),
+            "log_interval": {"stats": self.stats.cpu(), "steps": self.interval_steps},
             "rng": [s["rng"] for s in states], "data": [s["data"] for s in states],
         }
-        path = ckpt_dir / ckpt_lib.checkpoint_name(step)
+        path = self.ckpt_dir / ckpt_lib.checkpoint_name(self.step)
         try:
             ckpt_lib.atomic_save(payload, path)
         except OSError as e:
-            _log(env, f"WARNING: could not write checkpoint {path} ({e}); the previous "
-                      f"checkpoints are intact and training goes on", bar)
+            self.log(f"WARNING: could not write checkpoint {path} ({e}); the previous "
+                     f"checkpoints are intact and training goes on")
             return None
-        ckpt_lib.prune(ckpt_dir, args.keep)
+        ckpt_lib.prune(self.ckpt_dir, self.args.keep)
         return path
 
-    from tqdm import tqdm
-    bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=args.no_progress or not env.is_master)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss, rows, skipped (interval)
-    streak = torch.tensor(float(watchdog["streak"]), dtype=torch.float64, device=device)
-    longest = streak.clone()
-    interval = {"steps": 0, "data": 0.0, "start": time.perf_counter()}
-    if resumed_interval is not None:
-        stats.copy_(resumed_interval["stats"])
-        interval["steps"] = int(resumed_interval["steps"])
-    last = {"loss": None, "checkpoint": None}
-    train_start = time.perf_counter()
-    samples_total = 0.0
-    step = start_step
-
-    while step < total_steps:
-        lr = schedule(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        batch = next(batches)
-        interval["data"] += time.perf_counter() - t0
-        out = _guarded_step(module, task, optimizer, batch, env, args, autocast)
-        skipped = int(batch.get("skipped", 0))
-        local = torch.stack([out["loss"].double(),
-                             torch.tensor(float(out["n"]), dtype=torch.float64, device=device),
-                             torch.tensor(float(skipped), dtype=torch.float64, device=device)])
+    def _step(self, batch):
+        """One update (none for a batch whose every sample was skipped) -> device tensors
+        (loss, rows, skipped) summed over ranks, the loss as the ranks' mean."""
+        args, env = self.args, self.env
+        local = torch.zeros(3, dtype=torch.float64, device=self.device)
+        local[2].fill_(int(batch.get("skipped", 0)))
+        rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
+        out = None
+        if rows or env.distributed:
+            try:
+                out = train_step(self.module, self.task, self.optimizer, batch,
+                                 device=self.device, accum_freq=args.accum_freq,
+                                 grad_clip_norm=args.grad_clip_norm, autocast=self.autocast)
+            except ValueError as e:  # every rank's batch empty: each rank's loss says so
+                if "at least one pair" not in str(e):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+        if out is not None:
+            local[0].copy_(out["loss"])
+            local[1].fill_(out["n"])
+            self.grad_norm = out["grad_norm"]
         dist_lib.all_reduce_sum(local, env)
-        step_loss, rows = local[0] / env.world_size, local[1]
-        stats += torch.stack([step_loss, rows, local[2]])
-        if args.loss == "softmax":  # collapse: loss == log(rows), no sync needed
-            near = ((step_loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE) \
-                & (rows > 1)
-            streak = (streak + 1) * near
-            longest = torch.maximum(longest, streak)
-        step += 1
-        interval["steps"] += 1
-        bar.update(1)
+        local[0] /= env.world_size
+        return local
 
-        if step % args.log_every == 0 or step == total_steps:
-            values = stats.tolist()
-            elapsed = time.perf_counter() - interval["start"]
-            n = interval["steps"]
-            last["loss"] = values[0] / n
-            samples_total += values[1]
-            record = {
-                "step": step, "epoch": data.epoch(step - 1), "loss": last["loss"], "lr": lr,
-                "samples_per_s": values[1] / elapsed if elapsed > 0 else None,
-                "skipped": int(values[2]), "batch_size": int(values[1] / n),
-                "logit_scale": float(model.temperature.item()),
-                "grad_norm": float(out["grad_norm"].item()),
-                "data_time": interval["data"] / n, "step_time": elapsed / n,
-            }
-            if args.loss == "sigmoid":
-                record["logit_bias"] = float(loss_fn.logit_bias.item())
-            metrics.write(record)
-            bar.set_postfix(loss=f"{last['loss']:.4f}",
-                            samples_s=f"{record['samples_per_s'] or 0:,.0f}", refresh=False)
-            watchdog["streak"] = int(streak.item())
-            if int(longest.item()) >= COLLAPSE_STEPS and not watchdog["warned"]:
-                watchdog["warned"] = True
-                _log(env, f"WARNING: the loss has sat at log(batch size) for "
-                          f"{int(longest.item())} steps (step {step}): every embedding is the "
-                          f"same (collapse). Lower --lr (e.g. to {args.lr / 3:.2g}), keep "
-                          f"--grad-clip-norm 1.0 and a warm-up (--warmup 0.1).", bar)
-            stats.zero_()
-            interval.update(steps=0, data=0.0, start=time.perf_counter())
+    def _watch_collapse(self, step_stats):
+        """Count, on the device, consecutive steps whose loss is log(rows): no sync."""
+        loss, rows = step_stats[0], step_stats[1]
+        near = ((loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE) & (rows > 1)
+        self.streak = (self.streak + 1) * near
+        self.longest = torch.maximum(self.longest, self.streak)
 
-        if (args.save_every and step % args.save_every == 0) or step == total_steps:
-            watchdog["streak"] = int(streak.item())
-            path = save_checkpoint(step)
-            last["checkpoint"] = str(path) if path else last["checkpoint"]
+    def _log_interval(self, lr, elapsed, data_time):
+        loss_sum, rows, skipped = self.stats.tolist()
+        n = self.interval_steps
+        loss = loss_sum / n
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss is {loss} at step {self.step}; the last checkpoint is kept in "
+                f"{self.ckpt_dir} (resume with a lower --lr)")
+        record = {
+            "step": self.step, "epoch": self.data.epoch(self.step - 1), "loss": loss, "lr": lr,
+            "samples_per_s": rows / elapsed if elapsed > 0 else None,
+            "skipped": int(skipped), "batch_size": int(rows / n),
+            "logit_scale": float(self.model.temperature.item()),
+            "grad_norm": float(self.grad_norm.item()) if self.grad_norm is not None else None,
+            "data_time": data_time / n, "step_time": elapsed / n,
+        }
+        if self.args.loss == "sigmoid":
+            record["logit_bias"] = float(self.loss_fn.logit_bias.item())
+        self.metrics.write(record)
+        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{record['samples_per_s'] or 0:,.0f}",
+                             refresh=False)
+        self.watchdog["streak"] = int(self.streak.item())
+        longest = int(self.longest.item())
+        if longest >= COLLAPSE_STEPS and not self.watchdog["warned"]:
+            self.watchdog["warned"] = True
+            self.log(f"WARNING: the loss has sat at log(batch size) for {longest} steps (step "
+                     f"{self.step}): every embedding is the same (collapse). Lower --lr (e.g. "
+                     f"to {self.args.lr / 3:.2g}), keep --grad-clip-norm 1.0 and a warm-up "
+                     f"(--warmup 0.1).")
+        self.stats.zero_()
+        self.interval_steps = 0
+        return loss, rows
 
-    bar.close()
-    metrics.close()
-    train_seconds = time.perf_counter() - train_start
-    model_dir = None
-    if env.is_master:
-        try:
-            model_dir = save_final_model(model, out_dir)
-        except OSError as e:
-            raise OSError(f"could not write the final model to {out_dir / 'model'}: {e}") from e
-        _log(env, f"clippo train: done, {total_steps} steps; model in {model_dir}")
-    dist_lib.barrier(env)
-    return {
-        "steps": total_steps, "start_step": start_step, "final_loss": last["loss"],
-        "train_seconds": train_seconds,
-        "samples_per_s": samples_total / train_seconds if train_seconds > 0 else None,
-        "output": str(out_dir), "metrics": str(metrics.path),
-        "model_dir": str(model_dir) if model_dir else str(out_dir / "model"),
-        "checkpoint": last["checkpoint"],
-    }
+    def train(self):
+        args, env = self.args, self.env
+        if env.is_master:
+            (self.out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        cfg = self.model.config
+        self.log(f"clippo train: {args.model} (width {cfg['width']}, depth {cfg['depth']}, "
+                 f"patch {cfg['patch_size']}, {self.image_size} px), "
+                 f"{self.model.num_params():,} parameters, on {self.device} x{env.world_size} "
+                 f"({self.precision}); data: {self.data.describe}; global batch "
+                 f"{args.batch_size * env.world_size}; steps {self.step} -> {self.total_steps}"
+                 + (f"; resumed from {self.resume_path}" if self.resume_path else ""))
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
+                        dynamic_ncols=True, disable=args.no_progress or not env.is_master)
+        self.streak = torch.tensor(float(self.watchdog["streak"]), dtype=torch.float64,
+                                   device=self.device)
+        self.longest = self.streak.clone()
+        self.grad_norm = None
+        final_loss, checkpoint, samples = None, None, 0.0
+        train_start = interval_start = time.perf_counter()
+        data_time = 0.0
+        while self.step < self.total_steps:
+            lr = self.schedule(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            data_time += time.perf_counter() - t0
+            step_stats = self._step(batch)
+            self.stats += step_stats
+            if args.loss == "softmax":
+                self._watch_collapse(step_stats)
+            self.step += 1
+            self.interval_steps += 1
+            self.bar.update(1)
+            if self.step % args.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                final_loss, rows = self._log_interval(lr, now - interval_start, data_time)
+                samples += rows
+                interval_start, data_time = time.perf_counter(), 0.0
+            if (args.save_every and self.step % args.save_every == 0) \
+                    or self.step == self.total_steps:
+                self.watchdog["streak"] = int(self.streak.item())
+                checkpoint = self.save_checkpoint() or checkpoint
+        self.bar.close()
+        self.metrics.close()
+        train_seconds = time.perf_counter() - train_start
+        model_dir = self.out_dir / "model"
+        if env.is_master:
+            try:
+                save_final_model(self.model, self.out_dir)
+            except OSError as e:
+                raise OSError(f"could not write the final model to {model_dir}: {e}") from e
+            self.log(f"clippo train: done, {self.total_steps} steps; model in {model_dir}")
+        dist_lib.barrier(env)
+        return {
+            "steps": self.total_steps, "start_step": self.start_step, "final_loss": final_loss,
+            "train_seconds": train_seconds,
+            "samples_per_s": samples / train_seconds if train_seconds > 0 else None,
+            "output": str(self.out_dir), "metrics": str(self.metrics.path),
+            "model_dir": str(model_dir),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+        }
 
 
 def main(argv=None):
@@ -478,7 +496,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (TrainError, ValueError, FileNotFoundError) as e:
+    except (TrainError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"clippo train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
