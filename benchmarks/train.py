@@ -25,9 +25,11 @@ Defaults: on CUDA, B/16 at 224 px, batch 1024, bf16 autocast; on the CPU a small
 Writes <out>/train.json (default out/benchmarks/, which git ignores) and prints a table.
 """
 import argparse
+import copy
 import functools
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from _common import measure, print_table, sync, write_json  # noqa: E402
+from _common import print_table, sync, write_json  # noqa: E402
 from encode import TimmStyleViT, peak_for, vit_flops  # noqa: E402
 
 import clippo  # noqa: E402
@@ -152,6 +154,31 @@ def loader_rate(step_fn, loader, steps, batch, device, warmup=2):
     return steps * batch / (time.perf_counter() - start)
 
 
+def interleaved(fns, device, rounds, warmup=2):
+    """Median seconds per call of each fn, timed in turns (one call of each per round), so
+    that load drifting on a shared machine hits every fn alike. Returns (seconds, failed):
+    a fn that runs out of memory is reported in `failed` and left out."""
+    failed = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+        except torch.OutOfMemoryError as e:
+            failed[name] = f"out of memory ({e}); try a larger --accum-freq"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    live = {k: v for k, v in fns.items() if k not in failed}
+    times = {name: [] for name in live}
+    for _ in range(rounds):
+        for name, fn in live.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, failed
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", default=None, help="default: B/16 on CUDA, Ti/16 on CPU")
@@ -200,78 +227,76 @@ def main(argv=None):
     sample = collate_strings([strings[i] for i in range(batch)])
     sample_rendered = collate_rendered([rendered[i] for i in range(batch)])
 
-    rows = []
-
-    def add(name, step_fn, data_fn, loader):
-        try:
-            t = measure(lambda: step_fn(data_fn()), device=device, warmup=2, reps=steps)
-            rate_loader = loader_rate(step_fn, loader, steps, batch, device)
-        except torch.OutOfMemoryError as e:
-            print(f"{name}: out of memory ({e}); try --accum-freq {2 * args.accum_freq}")
-            return None
-        rate = batch / t["p50"]
-        tflops = train_flops_per_sample * rate / 1e12
-        rows.append(dict(provider=name, batch=batch, step_ms=t["p50"] * 1e3,
-                         step_samples_per_s=rate, loader_samples_per_s=rate_loader,
-                         tflops=tflops, mfu=tflops / peak if peak else None))
-        print(f"  {name}: {rate:,.1f} samples/s (step), {rate_loader:,.1f} (with loader)")
-        return t
-
-    # 1. clippo: render in the step
+    # providers: name -> (step function, batch in memory, loader); all built up front so
+    # that their steps can be timed in turns
+    providers = {}
     task = ContrastiveTask(model, create_loss("softmax")).to(device)
     opt = _optimizer(task)
-    clippo_step = functools.partial(train_step, task, task, opt, device=device,
-                                    accum_freq=args.accum_freq, grad_clip_norm=1.0,
-                                    autocast=autocast)
-    t_clippo = add("clippo (render in step)", clippo_step, lambda: sample,
-                   _loader(strings, batch, workers, collate_strings))
-
-    # the render share of clippo's step: one batch of captions rendered on the device
-    renderer = model.renderer(device)
-    t_render = measure(lambda: renderer(sample["texts"]), device=device, warmup=2, reps=steps)
-
-    # 2. the same model, text rendered in the workers
-    render_step = functools.partial(_prerendered_step, task, opt, device=device,
-                                    autocast=autocast, accum=args.accum_freq)
-    add("render in workers", render_step, lambda: sample_rendered,
-        _loader(rendered, batch, workers, collate_rendered))
-
+    providers["clippo (render in step)"] = (
+        functools.partial(train_step, task, task, opt, device=device,
+                          accum_freq=args.accum_freq, grad_clip_norm=1.0, autocast=autocast),
+        sample, _loader(strings, batch, workers, collate_strings))
+    providers["render in workers"] = (
+        functools.partial(_prerendered_step, task, opt, device=device, autocast=autocast,
+                          accum=args.accum_freq),
+        sample_rendered, _loader(rendered, batch, workers, collate_rendered))
     if cuda or args.compile:
-        # 3. the baseline for MFU: the architecture in torch ops, compiled
+        # the reference for MFU: the architecture in torch ops, compiled, text from workers
         vit = TimmStyleViT(cfg["width"], cfg["depth"], cfg["mlp_dim"], cfg["num_heads"],
                            cfg["patch_size"], image_size, cfg["out_dim"])
         base = BaselineTask(vit, create_loss("softmax")).to(device)
         base.vit.compile()
-        base_opt = _optimizer(base)
-        base_step = functools.partial(_prerendered_step, base, base_opt, device=device,
-                                      autocast=autocast, accum=1)
-        add("compiled baseline (render in workers)", base_step, lambda: sample_rendered,
-            _loader(rendered, batch, workers, collate_rendered))
-        del base, base_opt
-        # 4. clippo's step with the ViT compiled
-        model.img.compile()
-        add("clippo compiled (render in step)", clippo_step, lambda: sample,
-            _loader(strings, batch, workers, collate_strings))
+        providers["compiled baseline (render in workers)"] = (
+            functools.partial(_prerendered_step, base, _optimizer(base), device=device,
+                              autocast=autocast, accum=args.accum_freq),
+            sample_rendered, _loader(rendered, batch, workers, collate_rendered))
+        # clippo's step with its ViT compiled (a second copy of the model)
+        task_c = copy.deepcopy(task)
+        task_c.model.img.compile()
+        providers["clippo compiled (render in step)"] = (
+            functools.partial(train_step, task_c, task_c, _optimizer(task_c), device=device,
+                              accum_freq=args.accum_freq, grad_clip_norm=1.0,
+                              autocast=autocast),
+            sample, _loader(strings, batch, workers, collate_strings))
+
+    renderer = model.renderer(device)
+    timed = {name: functools.partial(fn, data) for name, (fn, data, _) in providers.items()}
+    # the render share of clippo's step: one batch of captions rendered on the device
+    timed["render"] = lambda: renderer(sample["texts"])
+    seconds, failed = interleaved(timed, device, rounds=steps)
+    rows = []
+    for name, (fn, _, loader) in providers.items():
+        if name in failed:
+            print(f"{name}: {failed[name]}")
+            continue
+        rate = batch / seconds[name]
+        rate_loader = loader_rate(fn, loader, steps, batch, device)
+        tflops = train_flops_per_sample * rate / 1e12
+        rows.append(dict(provider=name, batch=batch, step_ms=seconds[name] * 1e3,
+                         step_samples_per_s=rate, loader_samples_per_s=rate_loader,
+                         tflops=tflops, mfu=tflops / peak if peak else None))
+    t_clippo = seconds.get("clippo (render in step)")
+    t_render = seconds["render"]
 
     base_row = next((r for r in rows if r["provider"].startswith("compiled baseline")),
                     next((r for r in rows if r["provider"] == "render in workers"), None))
     for r in rows:
         r["vs_baseline"] = (r["step_samples_per_s"] / base_row["step_samples_per_s"]
                             if base_row else None)
-    render_share = t_render["p50"] / t_clippo["p50"] if t_clippo else None
+    render_share = t_render / t_clippo if t_clippo else None
     title = (f"{variant} (depth {cfg['depth']}, {image_size} px) training step, batch {batch}, "
              f"{precision}, {device} ({gpu or 'CPU'}), {fwd / 1e9:.2f} GFLOP/forward")
     print_table(rows, ["provider", "batch", "step_ms", "step_samples_per_s",
                        "loader_samples_per_s", "tflops", "mfu", "vs_baseline"], title=title)
     if render_share is not None:
         print(f"\nrender share of clippo's step: {render_share:.2%} "
-              f"({t_render['p50'] * 1e3:.2f} ms to render {batch} captions on {device}, "
-              f"step {t_clippo['p50'] * 1e3:.1f} ms)")
+              f"({t_render * 1e3:.2f} ms to render {batch} captions on {device}, "
+              f"step {t_clippo * 1e3:.1f} ms)")
     write_json("train", rows, out_dir=args.out or DEFAULT_OUT, extra=dict(
         variant=variant, config=cfg, precision=precision, workers=workers,
         accum_freq=args.accum_freq, gflops_per_forward=fwd / 1e9,
         train_gflops_per_sample=train_flops_per_sample / 1e9, peak_tflops=peak,
-        render_ms=t_render["p50"] * 1e3, render_share=render_share,
+        render_ms=t_render * 1e3, render_share=render_share, timed_rounds=steps,
         targets={"mfu": 0.45, "render_share": 0.03}))
     return 0
 

@@ -197,6 +197,8 @@ def _resolve_resume(args, ckpt_dir, env):
             path = str(found) if found else None
         path = dist_lib.broadcast_object(path, env)
         if path is None:
+            _log(env, f"clippo train: no complete checkpoint in {ckpt_dir}: starting from "
+                      f"step 0")
             return None, None
     else:
         path = args.resume
