@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout
@@ -44,6 +46,7 @@ from encode import TimmStyleViT, peak_for, vit_flops  # noqa: E402
 
 import clippo  # noqa: E402
 from clippo.loss import create_loss  # noqa: E402
+from clippo.train.main import enable_grad_checkpointing  # noqa: E402
 from clippo.train.step import ContrastiveTask, forward_backward, train_step  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "out" / "benchmarks"
@@ -120,6 +123,31 @@ class BaselineTask(nn.Module):
         return [self.t]
 
 
+class CheckpointedTimmStyleViT(TimmStyleViT):
+    """TimmStyleViT whose transformer blocks are recomputed in the backward pass."""
+
+    def _block(self, blk, x):
+        b, n, d = x.shape
+        q, k, v = blk["qkv"](blk["ln1"](x)).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        x = x + blk["proj"](a.transpose(1, 2).reshape(b, n, d))
+        return x + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](x)), approximate="tanh"))
+
+    def forward(self, images):
+        x = self.patch(images).flatten(2).transpose(1, 2) + self.pos
+        b, _, d = x.shape
+        for blk in self.blocks:
+            x = checkpoint(self._block, blk, x, use_reentrant=False)
+        x = self.norm(x)
+        q = self._split(self.map_q(self.probe.expand(b, -1, -1)))
+        k, v = self.map_kv(x).chunk(2, dim=-1)
+        y = F.scaled_dot_product_attention(q, self._split(k), self._split(v))
+        y = self.map_proj(y.transpose(1, 2).reshape(b, 1, d))
+        y = y + self.map_fc2(F.gelu(self.map_fc1(self.map_ln(y)), approximate="tanh"))
+        z = self.head(y[:, 0])
+        return z / (z.norm(dim=-1, keepdim=True) + 1e-8)
+
+
 def _optimizer(module):
     return torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
                              weight_decay=0.1)
@@ -154,29 +182,18 @@ def loader_rate(step_fn, loader, steps, batch, device, warmup=2):
     return steps * batch / (time.perf_counter() - start)
 
 
-def interleaved(fns, device, rounds, warmup=2):
-    """Median seconds per call of each fn, timed in turns (one call of each per round), so
-    that load drifting on a shared machine hits every fn alike. Returns (seconds, failed):
-    a fn that runs out of memory is reported in `failed` and left out."""
-    failed = {}
-    for name, fn in fns.items():
-        try:
-            for _ in range(warmup):
-                fn()
-        except torch.OutOfMemoryError as e:
-            failed[name] = f"out of memory ({e}); try a larger --accum-freq"
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    live = {k: v for k, v in fns.items() if k not in failed}
-    times = {name: [] for name in live}
+def interleaved(fns, device, rounds):
+    """Median seconds per call of each (warmed-up) fn, timed in turns (one call of each per
+    round), so that load drifting on a shared machine hits every fn alike."""
+    times = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, fn in live.items():
+        for name, fn in fns.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, failed
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -192,6 +209,9 @@ def main(argv=None):
                    help="DataLoader workers (default: min(16, CPUs) on CUDA, 1 on CPU)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
     p.add_argument("--compile", action="store_true", help="compiled providers on the CPU too")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the blocks in the backward pass (a provider that runs out "
+                        "of memory is retried with it anyway)")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--out", default=None, help=f"folder for train.json (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
@@ -227,54 +247,91 @@ def main(argv=None):
     sample = collate_strings([strings[i] for i in range(batch)])
     sample_rendered = collate_rendered([rendered[i] for i in range(batch)])
 
-    # providers: name -> (step function, batch in memory, loader); all built up front so
-    # that their steps can be timed in turns
-    providers = {}
-    task = ContrastiveTask(model, create_loss("softmax")).to(device)
-    opt = _optimizer(task)
-    providers["clippo (render in step)"] = (
-        functools.partial(train_step, task, task, opt, device=device,
-                          accum_freq=args.accum_freq, grad_clip_norm=1.0, autocast=autocast),
-        sample, _loader(strings, batch, workers, collate_strings))
-    providers["render in workers"] = (
-        functools.partial(_prerendered_step, task, opt, device=device, autocast=autocast,
-                          accum=args.accum_freq),
-        sample_rendered, _loader(rendered, batch, workers, collate_rendered))
+    # providers: name -> factory(grad_checkpointing) -> (step function, batch in memory,
+    # loader); all built before timing so that their steps can be timed in turns
+    def clippo_provider(compiled):
+        def make(ckpt):
+            torch.manual_seed(0)
+            m = clippo.create_model(variant, image_size=image_size, **overrides)
+            task = ContrastiveTask(m, create_loss("softmax")).to(device)
+            if ckpt:
+                enable_grad_checkpointing(m)
+            if compiled:
+                m.img.compile()
+            step = functools.partial(train_step, task, task, _optimizer(task), device=device,
+                                     accum_freq=args.accum_freq, grad_clip_norm=1.0,
+                                     autocast=autocast)
+            return step, sample, _loader(strings, batch, workers, collate_strings)
+        return make
+
+    def prerendered_provider(baseline):
+        def make(ckpt):
+            torch.manual_seed(0)
+            if baseline:
+                vit_cls = CheckpointedTimmStyleViT if ckpt else TimmStyleViT
+                vit = vit_cls(cfg["width"], cfg["depth"], cfg["mlp_dim"], cfg["num_heads"],
+                              cfg["patch_size"], image_size, cfg["out_dim"])
+                task = BaselineTask(vit, create_loss("softmax")).to(device)
+                task.vit.compile()
+            else:
+                m = clippo.create_model(variant, image_size=image_size, **overrides)
+                task = ContrastiveTask(m, create_loss("softmax")).to(device)
+                if ckpt:
+                    enable_grad_checkpointing(m)
+            step = functools.partial(_prerendered_step, task, _optimizer(task), device=device,
+                                     autocast=autocast, accum=args.accum_freq)
+            return step, sample_rendered, _loader(rendered, batch, workers, collate_rendered)
+        return make
+
+    factories = {"clippo (render in step)": clippo_provider(False),
+                 "render in workers": prerendered_provider(False)}
     if cuda or args.compile:
         # the reference for MFU: the architecture in torch ops, compiled, text from workers
-        vit = TimmStyleViT(cfg["width"], cfg["depth"], cfg["mlp_dim"], cfg["num_heads"],
-                           cfg["patch_size"], image_size, cfg["out_dim"])
-        base = BaselineTask(vit, create_loss("softmax")).to(device)
-        base.vit.compile()
-        providers["compiled baseline (render in workers)"] = (
-            functools.partial(_prerendered_step, base, _optimizer(base), device=device,
-                              autocast=autocast, accum=args.accum_freq),
-            sample_rendered, _loader(rendered, batch, workers, collate_rendered))
-        # clippo's step with its ViT compiled (a second copy of the model)
-        task_c = copy.deepcopy(task)
-        task_c.model.img.compile()
-        providers["clippo compiled (render in step)"] = (
-            functools.partial(train_step, task_c, task_c, _optimizer(task_c), device=device,
-                              accum_freq=args.accum_freq, grad_clip_norm=1.0,
-                              autocast=autocast),
-            sample, _loader(strings, batch, workers, collate_strings))
+        factories["compiled baseline (render in workers)"] = prerendered_provider(True)
+        factories["clippo compiled (render in step)"] = clippo_provider(True)
 
     renderer = model.renderer(device)
+    providers, checkpointed, failed = {}, set(), {}
+    for name, make in factories.items():
+        ckpt = args.grad_checkpointing
+        while True:
+            try:
+                providers[name] = make(ckpt)
+                fn, data, _ = providers[name]
+                for _ in range(2):  # warm-up (and compilation)
+                    fn(data)
+                sync(device)
+                break
+            except torch.OutOfMemoryError as e:
+                providers.pop(name, None)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if ckpt:
+                    failed[name] = f"out of memory even with gradient checkpointing ({e})"
+                    break
+                print(f"  {name}: out of memory; retrying with gradient checkpointing")
+                ckpt = True
+        if ckpt and name in providers:
+            checkpointed.add(name)
     timed = {name: functools.partial(fn, data) for name, (fn, data, _) in providers.items()}
     # the render share of clippo's step: one batch of captions rendered on the device
     timed["render"] = lambda: renderer(sample["texts"])
-    seconds, failed = interleaved(timed, device, rounds=steps)
+    seconds = interleaved(timed, device, rounds=steps)
     rows = []
-    for name, (fn, _, loader) in providers.items():
+    for name in factories:
         if name in failed:
             print(f"{name}: {failed[name]}")
             continue
+        fn, _, loader = providers[name]
         rate = batch / seconds[name]
         rate_loader = loader_rate(fn, loader, steps, batch, device)
         tflops = train_flops_per_sample * rate / 1e12
+        # hardware FLOPs: checkpointing runs each block's forward twice
+        hw = (4 / 3 if name in checkpointed else 1.0) * tflops
         rows.append(dict(provider=name, batch=batch, step_ms=seconds[name] * 1e3,
                          step_samples_per_s=rate, loader_samples_per_s=rate_loader,
-                         tflops=tflops, mfu=tflops / peak if peak else None))
+                         grad_ckpt=name in checkpointed, tflops=tflops,
+                         mfu=tflops / peak if peak else None, hfu=hw / peak if peak else None))
     t_clippo = seconds.get("clippo (render in step)")
     t_render = seconds["render"]
 
@@ -287,7 +344,8 @@ def main(argv=None):
     title = (f"{variant} (depth {cfg['depth']}, {image_size} px) training step, batch {batch}, "
              f"{precision}, {device} ({gpu or 'CPU'}), {fwd / 1e9:.2f} GFLOP/forward")
     print_table(rows, ["provider", "batch", "step_ms", "step_samples_per_s",
-                       "loader_samples_per_s", "tflops", "mfu", "vs_baseline"], title=title)
+                       "loader_samples_per_s", "grad_ckpt", "tflops", "mfu", "hfu",
+                       "vs_baseline"], title=title)
     if render_share is not None:
         print(f"\nrender share of clippo's step: {render_share:.2%} "
               f"({t_render * 1e3:.2f} ms to render {batch} captions on {device}, "
