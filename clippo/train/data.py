@@ -106,13 +106,19 @@ def check_sources(args):
     return kind
 
 
-def _loader(dataset, batch_sampler, collate_fn, workers, seed):
+def _pin_memory(args):
+    """Page-locked batches when training on CUDA: the copy to the device overlaps the step."""
+    import torch
+    return torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+
+
+def _loader(dataset, batch_sampler, collate_fn, workers, seed, pin_memory=False):
     import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     generator = torch.Generator().manual_seed(seed)  # worker seeds: independent of global RNG
     return StatefulDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
-                              num_workers=workers, pin_memory=False, generator=generator,
+                              num_workers=workers, pin_memory=pin_memory, generator=generator,
                               persistent_workers=False,
                               **({"prefetch_factor": 2} if workers else {}))
 
@@ -211,6 +217,7 @@ def _webdataset_loader(args, image_size, batch_size, rank, world_size):
                                   num_workers=args.workers, seed=args.seed, rank=rank,
                                   world_size=world_size)
     loader = StatefulDataLoader(dataset, batch_size=None, num_workers=args.workers,
+                                pin_memory=_pin_memory(args),
                                 generator=torch.Generator().manual_seed(args.seed))
     return EpochLoop(loader, dataset), len(dataset)
 
@@ -237,7 +244,7 @@ def get_data(args, image_size, rank=0, world_size=1):
             raise ValueError(f"--train-data {args.train_data} holds no samples")
         sampler = ShardedBatchSampler(len(dataset), image_batch, rank, world_size, args.seed)
         image_loader = _loader(dataset, sampler, collate_image_text, args.workers,
-                               seed=args.seed * 1_000_003 + rank)
+                               seed=args.seed * 1_000_003 + rank, pin_memory=_pin_memory(args))
         steps_per_epoch = max(1, sampler.per_rank // image_batch)
         describe = f"{kind} {args.train_data} ({len(dataset):,} samples)"
 
