@@ -246,7 +246,8 @@ def get_data(args, image_size, rank=0, world_size=1):
         image_loader = _loader(dataset, sampler, collate_image_text, args.workers,
                                seed=args.seed * 1_000_003 + rank, pin_memory=_pin_memory(args))
         steps_per_epoch = max(1, sampler.per_rank // image_batch)
-        describe = f"{kind} {args.train_data} ({len(dataset):,} samples)"
+        describe = (f"built-in scenes ({len(dataset):,} samples)" if kind == "builtin" else
+                    f"CSV {args.train_data} ({len(dataset):,} samples)")
 
     if not with_pairs:
         return TrainData(image_loader, steps_per_epoch=steps_per_epoch, describe=describe,
