@@ -11,6 +11,7 @@ import pytest
 
 import clippo
 from clippo import cli
+from clippo.figures import grid
 from clippo.text import png, system_fonts
 from clippo.text.atlas import FontError
 
@@ -70,7 +71,7 @@ def test_output_suffix_picks_the_format(tmp_path, capsys, name, fmt):
     assert rc == 0, err
     got_fmt, pixels = decode(tmp_path / name)
     assert got_fmt == fmt
-    want = cli.grid(clippo.TextRenderer(image_size=64)(texts)[:, 0].numpy())
+    want = grid(clippo.TextRenderer(image_size=64)(texts)[:, 0].numpy())
     if fmt == "JPEG":   # lossy: the same as Pillow's own encoding of the same pixels
         buffer = io.BytesIO()
         Image.fromarray(want).save(buffer, format="JPEG", quality=95)
