@@ -14,7 +14,8 @@ from pathlib import Path
 
 def _render_args(p):
     g = p.add_argument_group("rendering (defaults: the reference's)")
-    g.add_argument("--font", help="Unifont .hex(.gz) or TTF/OTF file (default: GNU Unifont)")
+    g.add_argument("--font", help="Unifont .hex(.gz) or TTF/OTF: a path, an installed font's "
+                   "file name (DejaVuSans.ttf) or family (\"DejaVu Sans\"); default: GNU Unifont")
     g.add_argument("--upper-font", help="Unifont .hex for planes 1-16 (with a .hex --font)")
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--font-size", type=int, default=16)
@@ -37,7 +38,8 @@ def _renderer(args, device="cpu"):
 
 def cmd_render(args):
     from clippo.figures import grid
-    from clippo.text.png import save_png
+    from clippo.text.png import image_format, save_image
+    from clippo.text.system_fonts import find_font
     texts = list(args.text)
     if args.file:
         with open(args.file, encoding="utf-8", errors="replace") as f:
@@ -45,8 +47,18 @@ def cmd_render(args):
     if not texts:
         print("clippo render: give some text or --file", file=sys.stderr)
         return 2
+    try:
+        image_format(args.output)  # an unwritable format fails before the work, not after
+    except ImportError as e:  # Pillow missing for a format other than PNG
+        print(f"clippo render: error: {e}", file=sys.stderr)
+        return 1
+    if args.font is not None:
+        font, looked_up = find_font(args.font)
+        if looked_up:
+            print(f"using font: {font}", file=sys.stderr)
+        args.font = str(font)
     images = _renderer(args)(texts)[:, 0].numpy()
-    save_png(args.output, images[0] if len(texts) == 1 else grid(images, args.columns))
+    save_image(args.output, images[0] if len(texts) == 1 else grid(images, args.columns))
     print(f"wrote {args.output}: {len(texts)} text image(s) of {args.image_size}x{args.image_size}")
     return 0
 
@@ -101,10 +113,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="clippo", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("render", help="render text to a PNG (one image, or a grid)")
+    p = sub.add_parser("render", help="render text to an image file (one image, or a grid)")
     p.add_argument("text", nargs="*", help="strings to render, one image each")
     p.add_argument("-f", "--file", help="a UTF-8 text file: one image per line")
-    p.add_argument("-o", "--output", default="clippo-render.png")
+    p.add_argument("-o", "--output", default="clippo-render.png", help="image file; its suffix "
+                   "picks the format: .png, or .jpg, .bmp, .tif, .webp, ... (with Pillow)")
     p.add_argument("--columns", type=int, help="grid columns (default: about square)")
     _render_args(p)
 

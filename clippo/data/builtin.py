@@ -5,7 +5,7 @@ colour, the shape and (for most captions) the position, in English, German,
 Russian or Chinese (Latin, Cyrillic and Han script), so a model trained on them has to read
 rendered text in several scripts:
 
-    "a red circle on the left" | "ein Kreis in Rot links" | "круг красного цвета слева" | "左边的红色圆形"
+    "a red circle on the left" | "ein Kreis in Rot links" | "красный круг слева" | "左边的红色圆形"
 
 The colour x shape combinations are split: `combos("heldout")` (two shapes per colour) never
 appear in `split="train"`, so zero-shot classification and retrieval on the held-out split
@@ -32,8 +32,8 @@ POSITIONS = ("left", "right", "top", "bottom")
 LANGUAGES = ("en", "de", "ru", "zh")
 SPLITS = ("train", "heldout", "all")
 
-# Words per language. German nouns are all neuter or masculine ("ein"), and Russian names the
-# colour in the genitive ("... красного цвета"), so no template needs gender agreement.
+# Words per language. German nouns are all neuter or masculine ("ein"); Russian colour
+# adjectives agree with the shape's gender.
 _WORDS = {
     "en": {
         "color": {c: c for c in COLORS},
@@ -49,11 +49,15 @@ _WORDS = {
         "position": {"left": "links", "right": "rechts", "top": "oben", "bottom": "unten"},
     },
     "ru": {
-        "color": {"red": "красного", "green": "зелёного", "blue": "синего", "yellow": "жёлтого",
-                  "purple": "фиолетового", "orange": "оранжевого", "white": "белого",
-                  "black": "чёрного"},
+        # adjective stems: + "ый"/"ий" (masculine), "ая"/"яя" (feminine), "ое"/"ее" (neuter)
+        "color": {"red": ("красн", "ый", "ая", "ое"), "green": ("зелён", "ый", "ая", "ое"),
+                  "blue": ("син", "ий", "яя", "ее"), "yellow": ("жёлт", "ый", "ая", "ое"),
+                  "purple": ("фиолетов", "ый", "ая", "ое"),
+                  "orange": ("оранжев", "ый", "ая", "ое"), "white": ("бел", "ый", "ая", "ое"),
+                  "black": ("чёрн", "ый", "ая", "ое")},
         "shape": {"circle": "круг", "square": "квадрат", "triangle": "треугольник",
                   "star": "звезда", "cross": "крест", "ring": "кольцо"},
+        "gender": {"circle": 1, "square": 1, "triangle": 1, "star": 2, "cross": 1, "ring": 3},
         "position": {"left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
     },
     "zh": {
@@ -97,6 +101,8 @@ def caption(color, shape, position=None, lang="en", article=True):
     w = _WORDS[_check("language", lang, LANGUAGES)]
     c = w["color"][_check("colour", color, COLORS)]
     s = w["shape"][_check("shape", shape, SHAPES)]
+    if lang == "ru":
+        c = c[0] + c[w["gender"][shape]]
     p = None if position is None else w["position"][_check("position", position, POSITIONS)]
     if lang == "en":
         text = f"a {c} {s}" if article else f"{c} {s}"
@@ -105,7 +111,7 @@ def caption(color, shape, position=None, lang="en", article=True):
         text = f"ein {s} in {c}" if article else f"{s} in {c}"
         return text if p is None else f"{text} {p}"
     if lang == "ru":
-        text = f"{s} {c} цвета"
+        text = f"{c} {s}"
         return text if p is None else f"{text} {p}"
     return f"{c}{s}" if p is None else f"{p}{c}{s}"
 
@@ -226,7 +232,7 @@ class BuiltinTextPairs(torch.utils.data.Dataset):
     _TEMPLATES = {
         "en": ("there is a {c} {s}.", "the {s} is {p}."),
         "de": ("da ist ein {s} in {c}.", "der {s} ist {p}."),
-        "ru": ("вот {s} {c} цвета.", "{s} {p}."),
+        "ru": ("вот {c} {s}.", "{s} {p}."),
         "zh": ("这里有一个{c}{s}。", "{s}在{p}。"),
     }
     _PLAIN_POSITION = {"en": {"left": "on the left", "right": "on the right", "top": "at the top",
@@ -258,7 +264,10 @@ class BuiltinTextPairs(torch.utils.data.Dataset):
         w = _WORDS[lang]
         first, second = self._TEMPLATES[lang]
         pos = self._PLAIN_POSITION.get(lang, w["position"])[position]
-        kw = dict(c=w["color"][color], s=w["shape"][shape], p=pos)
+        c = w["color"][color]
+        if lang == "ru":
+            c = c[0] + c[w["gender"][shape]]
+        kw = dict(c=c, s=w["shape"][shape], p=pos)
         if lang == "de":  # Kreis, Stern, Ring are masculine; the others neuter
             second = second if shape in ("circle", "star", "ring") else "das {s} ist {p}."
         return first.format(**kw), second.format(**kw)
