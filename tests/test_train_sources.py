@@ -101,3 +101,21 @@ def test_text_pairs_join_the_batch_and_resume_exactly(tmp_path):
     resumed = run(parse_args(flags + ["--output", str(ref), "--resume", "latest"]))
     assert resumed["start_step"] == 4
     assert _metrics(ref) == want
+
+
+def test_random_resized_crop_flag_reaches_the_csv_reader(tmp_path):
+    """--random-resized-crop crops: a left-red / right-blue image stays the same under the
+    plain resize, but some random crops of it differ."""
+    from clippo.train.data import _image_text_dataset
+    half = np.zeros((40, 40, 3), np.uint8)
+    half[:, :20] = (255, 0, 0)
+    half[:, 20:] = (0, 0, 255)
+    Image.fromarray(half).save(tmp_path / "a.png")
+    (tmp_path / "t.csv").write_text("filepath\ttitle\na.png\tred and blue\n")
+    base = TINY + ["--train-data", str(tmp_path / "t.csv"), "--steps", "1"]
+    plain = _image_text_dataset(parse_args(base), "csv", 32)
+    crop = _image_text_dataset(parse_args(base + ["--random-resized-crop"]), "csv", 32)
+    torch.manual_seed(0)
+    first = plain[0][0]
+    assert all(torch.equal(plain[0][0], first) for _ in range(3))
+    assert any(not torch.equal(crop[0][0], first) for _ in range(8))

@@ -182,6 +182,12 @@ class EpochLoop:
         self.loader.load_state_dict(state["loader"])
 
 
+def _transform(args, image_size):
+    from clippo.data.transforms import ImageTransform
+    return ImageTransform(image_size,
+                          random_resized_crop=getattr(args, "random_resized_crop", False))
+
+
 def _image_text_dataset(args, kind, image_size):
     if kind == "builtin":
         from clippo.data.builtin import BuiltinImageText
@@ -191,7 +197,8 @@ def _image_text_dataset(args, kind, image_size):
     if kind == "csv":
         from clippo.data.csv_dataset import CsvDataset
         return CsvDataset(args.train_data, image_size=image_size, sep=args.csv_separator,
-                          img_key=args.csv_img_key, caption_key=args.csv_caption_key)
+                          img_key=args.csv_img_key, caption_key=args.csv_caption_key,
+                          transform=_transform(args, image_size))
     raise ValueError(f"unknown dataset type {kind!r}")
 
 
@@ -213,6 +220,7 @@ def _webdataset_loader(args, image_size, batch_size, rank, world_size):
         raise ValueError("WebDataset training data needs --train-num-samples (the epoch "
                          "length, so that every rank takes the same number of steps)")
     dataset = WebImageTextDataset(args.train_data, image_size=image_size,
+                                  transform=_transform(args, image_size),
                                   num_samples=args.train_num_samples, batch_size=batch_size,
                                   num_workers=args.workers, seed=args.seed, rank=rank,
                                   world_size=world_size)

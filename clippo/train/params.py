@@ -85,6 +85,9 @@ def build_parser():
                    "file of sentence pairs, or 'builtin'); rendered on both sides")
     g.add_argument("--text-pair-fraction", type=_fraction, default=0.25,
                    help="share of each batch taken by text pairs (with --text-pairs)")
+    g.add_argument("--random-resized-crop", action="store_true",
+                   help="random crops of 90-100%% of the image area (default: plain resize to "
+                        "the model's size, as the reference)")
     g.add_argument("--workers", type=_non_negative_int, default=4,
                    help="DataLoader worker processes per rank (they decode images; text is "
                         "rendered in the step)")
