@@ -8,20 +8,22 @@ import torch
 
 from clippo.data import builtin
 from clippo.data.builtin import (COLORS, LANGUAGES, POSITIONS, SHAPES, BuiltinImageText,
-                                 BuiltinTextPairs, caption, class_name, combos, draw_scene)
+                                 BuiltinTextPairs, caption, class_name, class_prompts, combos,
+                                 draw_scene)
 
 
 def test_splits_partition_the_combinations():
     train, heldout, everything = combos("train"), combos("heldout"), combos("all")
-    assert len(everything) == len(COLORS) * len(SHAPES) == 48
+    assert len(everything) == len(COLORS) * len(POSITIONS) == 72
     assert set(train).isdisjoint(heldout) and set(train) | set(heldout) == set(everything)
     assert len(heldout) == 16
-    # neither attribute alone names a held-out pair: every colour and shape occurs twice or more
+    # neither attribute alone names a held-out pair, and each is trained on
     for colour in COLORS:
-        assert sum(c == colour for c, _ in heldout) >= 2
-    for shape in SHAPES:
-        assert sum(s == shape for _, s in heldout) >= 2
-        assert sum(s == shape for _, s in train) >= 4  # and each shape is trained on
+        assert sum(c == colour for c, _ in heldout) == 2
+        assert sum(c == colour for c, _ in train) == 7
+    for position in POSITIONS:
+        assert 1 <= sum(p == position for _, p in heldout) <= 2
+        assert sum(p == position for _, p in train) >= 6
     with pytest.raises(ValueError, match="split"):
         combos("test")
 
@@ -29,11 +31,13 @@ def test_splits_partition_the_combinations():
 def test_training_split_never_shows_a_heldout_combination():
     ds = BuiltinImageText("train", 2000, image_size=32)
     heldout = set(combos("heldout"))
-    seen = {(m["color"], m["shape"]) for m in map(ds.meta, range(len(ds)))}
+    metas = [ds.meta(i) for i in range(len(ds))]
+    seen = {(m["color"], m["position"]) for m in metas}
     assert seen.isdisjoint(heldout)
     assert seen == set(combos("train"))  # and it covers all of them
+    assert {m["shape"] for m in metas} == set(SHAPES)  # shapes drawn independently
     ho = BuiltinImageText("heldout", 500, image_size=32)
-    assert {(m["color"], m["shape"]) for m in map(ho.meta, range(500))} == heldout
+    assert {(m["color"], m["position"]) for m in map(ho.meta, range(500))} == heldout
 
 
 def test_items_are_deterministic_by_seed_and_index():
@@ -67,26 +71,27 @@ def _hue_pixels(image, rgb, tol=40):
 
 @pytest.mark.parametrize("position", POSITIONS)
 def test_scene_shows_the_colour_at_the_position(position):
-    """The object's pixels have the caption's colour and their centre lies in that half."""
-    S = 64
+    """The object's pixels have the caption's colour and their centre lies in the named cell
+    of a 3 x 3 grid."""
+    S = 96
+    row, col = divmod(POSITIONS.index(position), 3)
     for colour in ("red", "green", "blue", "yellow"):
         img = draw_scene(colour, "square", position, np.random.default_rng(3), image_size=S)
         mask = _hue_pixels(img, COLORS[colour])
-        assert mask.sum() > 0.03 * S * S, (colour, position)
+        assert mask.sum() > 0.015 * S * S, (colour, position)
         ys, xs = np.nonzero(mask)
-        cy, cx = ys.mean() / S, xs.mean() / S
-        expect = {"left": cx < 0.4, "right": cx > 0.6, "top": cy < 0.4, "bottom": cy > 0.6}
-        assert expect[position], (colour, position, cx, cy)
+        assert int(xs.mean() * 3 // S) == col and int(ys.mean() * 3 // S) == row, (
+            colour, position, xs.mean(), ys.mean())
 
 
 def test_shapes_differ_in_area_fill():
     """Each shape covers a different share of its bounding box (a ring has a hole, a star
     less than a square), so shapes are told apart by the pixels, not just by the label."""
-    S, fills = 96, {}
+    S, fills = 160, {}
     for shape in SHAPES:
         ratios = []
         for seed in range(4):
-            img = draw_scene("red", shape, "left", np.random.default_rng(seed), image_size=S)
+            img = draw_scene("red", shape, "middle", np.random.default_rng(seed), image_size=S)
             ys, xs = np.nonzero(_hue_pixels(img, COLORS["red"]))
             box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
             ratios.append(len(ys) / box)
@@ -104,12 +109,14 @@ def _scripts(text):
 def test_captions_in_three_scripts():
     assert caption("red", "circle", "left", "en") == "a red circle on the left"
     assert caption("red", "circle", None, "de") == "ein Kreis in Rot"
-    assert class_name("blue", "star", "en") == "blue star"
+    assert class_name("blue", "top") == "blue top"
+    assert class_prompts("blue", "top", "en") == [f"a blue {s} at the top" for s in SHAPES]
+    assert caption("red", "circle", "bottom right", "ru") == "красный круг снизу справа"
     assert _scripts(caption("green", "ring", "top", "en")) == {"LATIN"}
     assert _scripts(caption("green", "ring", "top", "ru")) == {"CYRILLIC"}
     assert _scripts(caption("green", "ring", "top", "zh")) == {"CJK"}
-    names = {class_name(c, s, lang) for c, s in combos("all") for lang in LANGUAGES}
-    assert len(names) == 48 * 4  # every class name distinct within and across languages
+    prompts = {t for c, p in combos("all") for lang in LANGUAGES for t in class_prompts(c, p, lang)}
+    assert len(prompts) == 72 * len(SHAPES) * 4  # all distinct, within and across languages
     with pytest.raises(ValueError, match="language"):
         caption("red", "circle", lang="fr")
 
@@ -118,8 +125,9 @@ def test_languages_and_positions_are_mixed():
     ds = BuiltinImageText(num_samples=400, image_size=16)
     metas = [ds.meta(i) for i in range(400)]
     assert {m["lang"] for m in metas} == set(LANGUAGES)
-    named = np.mean([m["named"] for m in metas])
-    assert 0.65 < named < 0.85  # position_prob 0.75
+    assert all(m["named"] for m in metas)  # position_prob 1 by default
+    some = BuiltinImageText(num_samples=400, image_size=16, position_prob=0.5)
+    assert 0.4 < np.mean([some.meta(i)["named"] for i in range(400)]) < 0.6
     only_en = BuiltinImageText(num_samples=50, image_size=16, languages=["en"])
     assert all(_scripts(only_en.caption(i)) == {"LATIN"} for i in range(50))
 
