@@ -284,12 +284,15 @@ needs_nvidia = pytest.mark.skipif(not _nvidia_backend_present(),
 def test_every_config_compiles_for_ampere_and_hopper():
     result = _run_script(timeout=3600)
     rows = result["rows"]
+
+    def listed(bad):
+        return "\n".join(" ".join(f"{k}={v}" for k, v in r.items()) for r in bad)
     errors = [r for r in rows if "error" in r]
-    assert not errors, errors
+    assert not errors, listed(errors)
     too_big = [r for r in rows if r["shared"] > SHARED_MEMORY[int(r["arch"][3:])]]
-    assert not too_big, too_big
-    spills = [r for r in rows if r["stack"] != 0]
-    assert not spills, spills
+    assert not too_big, "over the shared memory limit:\n" + listed(too_big)
+    spills = [r for r in rows if r["stack"] != 0]  # local memory: register spills
+    assert not spills, "register spills:\n" + listed(spills)
     # every row of every table compiled, for both architectures
     compiled = {(r["arch"], r["kernel"], r["config"] + f" w{r['warps']} s{r['stages']}")
                 for r in rows}

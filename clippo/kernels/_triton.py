@@ -98,6 +98,7 @@ def interpreted(fn):
 
 @functools.cache
 def num_sms(device_index):
+    """Streaming multiprocessors of a CUDA device (4 without CUDA: tracing on fake tensors)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(device_index).multi_processor_count
     return 4
@@ -112,6 +113,7 @@ class Kernel:
                autotuning; None for a kernel launched with `fixed` meta-parameters
     key:       the arguments that make up the autotune key (besides the row bucket)
     interpret: the meta-parameters under the interpreter (autotuning there only costs time)
+    fixed:     the meta-parameters on the GPU of a kernel without tables
     """
 
     def __init__(self, fn, *, names=(), tables=None, key=(), interpret=None, fixed=None):
@@ -153,7 +155,8 @@ class Kernel:
 
     def __call__(self, grid, *args, device, dtype=None, rows=None, **consts):
         """Launch on `device`: grid(meta) -> the launch grid; `dtype` picks the table, `rows`
-        (the extent BLOCK_M tiles) the row bucket; `consts` are the constexpr arguments."""
+        (the extent BLOCK_M tiles) the row bucket; `consts` are the constexpr arguments (and
+        launch options such as num_warps)."""
         if interpreting() or device.type == "cpu":
             meta = {**consts, **self.interpret}
             interpreted(self.fn)[grid(meta)](*args, **meta)
@@ -171,7 +174,7 @@ def define_op(name, launcher, reference, *, backward=None, setup_context=None):
 
     `launcher` runs the Triton kernels on CUDA tensors and gives the op its schema (from its
     type annotations); `reference`, torch code with the same signature, is the CPU kernel and,
-    without triton, the fake kernel (with triton the op's fake kernel is `launcher` on fake
+    without triton, the fake kernel (with triton, triton_op runs the same dispatch on fake
     tensors). `backward` / `setup_context` as for torch.library.register_autograd.
     """
     qualname = f"clippo::{name}"

@@ -278,8 +278,8 @@ if HAS_TRITON:
                              fixed={"BLOCK_M": 64})
     _attn_bwd_dkdv = Kernel(
         _attn_bwd_dkdv_kernel, names=_BLOCKS, key=_KEY, interpret=_INTERP, tables={
-            "half": [(32, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 3), (16, 64, 4, 2)],
-            "fp32": [(16, 32, 8, 2), (32, 32, 8, 2), (16, 16, 4, 2)]})
+            "half": [(32, 64, 8, 3), (32, 64, 4, 2), (16, 128, 8, 2), (16, 64, 4, 2)],
+            "fp32": [(16, 32, 8, 2), (16, 16, 4, 2)]})
     _attn_bwd_dq = Kernel(
         _attn_bwd_dq_kernel, names=_BLOCKS, key=_KEY, interpret=_INTERP, tables={
             "half": [(64, 32, 4, 3), (64, 64, 8, 3), (32, 64, 4, 3), (16, 64, 4, 2)],
