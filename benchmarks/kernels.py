@@ -211,7 +211,7 @@ def bench_linear(batch, k, n, epilogue, device, with_triton, reps, tokens=196):
     leaves = [t.requires_grad_() for t in (x, w, b)]
 
     def eager(x, w, b):
-        return _lin.linear_ref(x, w, b, res, act)
+        return _lin.linear_ref(x, w, b, res, act)[0]
     providers = {"torch eager": eager, "torch.compile": torch.compile(eager)}
     if with_triton:
         providers["clippo-triton"] = lambda x, w, b: _lin.linear_op(x, w, b, res, act)
