@@ -2,6 +2,7 @@
 
 The C++ sources always build. The CUDA sources build when torch is a CUDA build and nvcc is
 found; CLIPPO_USE_CUDA=1 forces them (an error if impossible), CLIPPO_USE_CUDA=0 skips them.
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: DEFAULT_CUDA_ARCHS below).
 DEBUG=1 builds with -O0 -g. Use `pip install --no-build-isolation .` so the build sees the
 installed torch.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def read_sources():
@@ -49,9 +51,10 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-fvisibility=hidden"]  # torch picks the C++ standard it needs
     if want_cuda(torch, cpp_extension.CUDA_HOME):
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        if not archs:  # build for the GPUs we care about without needing one present
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # Machine code for A100 and H100/H200 without needing a GPU present, and PTX of
+            # the newest, which the driver compiles for any later GPU (sm_100, sm_120, ...).
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         nvcc = opt + ["-lineinfo"]
         return [cpp_extension.CUDAExtension(
             "clippo._C", sources["cpu"] + sources["cuda"],
@@ -81,7 +84,8 @@ setup(
     packages=find_packages(include=["clippo", "clippo.*"]),
     package_data={"clippo": ["fonts/*", "model_configs/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.6", "numpy", "freetype-py", "safetensors"],
+    install_requires=["torch>=2.6", "numpy", "freetype-py", "safetensors", "pillow",
+                      "webdataset", "torchdata>=0.8", "tqdm", "pyyaml"],
     extras_require={"triton": ["triton"], "dev": ["pytest", "ninja", "pybind11"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},

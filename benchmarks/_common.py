@@ -1,7 +1,9 @@
 """Shared benchmark helpers: timing, environment facts, a printed table and a JSON file.
 
 Every benchmark compares providers side by side in one run; ratios are taken against the
-baseline measured in that same run, never against numbers from elsewhere.
+baseline measured in that same run, never against numbers from elsewhere. JSON goes to
+benchmarks/out/ (ignored by git) unless --out says otherwise; numbers worth keeping are
+copied by hand to benchmarks/results/<machine>-<date>/ with a README.
 """
 import datetime
 import json
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
 def sync(device):
@@ -92,8 +94,8 @@ def print_table(rows, columns, title=None):
 
 
 def write_json(name, rows, extra=None, out_dir=None):
-    """Write {"environment", "rows", ...extra} to <out_dir or benchmarks/results>/<name>.json."""
-    out = Path(out_dir) if out_dir else RESULTS
+    """Write {"environment", "rows", ...extra} to <out_dir or benchmarks/out>/<name>.json."""
+    out = Path(out_dir) if out_dir else OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     payload = {"benchmark": name, "environment": environment(), "rows": rows, **(extra or {})}

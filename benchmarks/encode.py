@@ -153,7 +153,7 @@ def main(argv=None):
                    help="leave out the compiled clippo provider (saves its compile time)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds; no new provider starts after this")
-    p.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+    p.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/out)")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()

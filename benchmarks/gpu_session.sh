@@ -1,30 +1,25 @@
 #!/usr/bin/env bash
-# One prepared run for a session that has the GPU machine (the `device` tool): build the
-# CUDA kernels, run the GPU tests, run the benchmarks, check the rasterizer with
-# compute-sanitizer. Everything it writes lands in $OUT (log.txt, gpu-tests.xml, render.json,
-# encode.json, profile.txt, kernels.json: 6 files, under the tool's limit of 8); commit the
-# JSON under benchmarks/results/<gpu>-<date>/.
+# Everything clippo checks on a GPU, in one run: build the CUDA kernels, run the GPU tests,
+# run the benchmarks, and check the rasterizer under compute-sanitizer.
 #
-# Time: the whole script keeps inside BUDGET seconds (default 560, for a 600 s call). Steps
-# run most important first; each gets what is left minus a reserve for the steps after it,
-# so a slow step shortens the later ones instead of killing the call.
+# Needs one NVIDIA GPU (sm_80 or newer; the build targets sm_90 unless TORCH_CUDA_ARCH_LIST
+# says otherwise) with its driver; nvcc from the CUDA toolkit torch was built with (CUDA_HOME,
+# default /usr/local/cuda); Python 3.10+ with a CUDA build of torch (2.6 or newer), triton,
+# numpy, pytest, safetensors and freetype-py, at the versions requirements-dev.txt names.
+# Used when present: pytest-xdist (parallel test compiles) and compute-sanitizer (CUDA
+# toolkit). Wheels in .whl/ (ignored by git) are installed first, into a private folder, for
+# a machine without a package index.
 #
-# Checked on a CPU machine against the device's stack (torch 2.11.0+cu130, triton 3.6.0,
-# Python 3.12): the CUDA build, the whole test suite (its interpreter tier needs numpy < 2.3
-# with triton 3.6), the sm_90 compilation of every kernel's default config (no spills; a few
-# fp32 autotune alternatives spill under 3.6), and this script end to end (no GPU: the
-# GPU steps fail or skip as they should).
+# Writes to $OUT (default benchmarks/out/gpu-session, ignored by git): log.txt (the whole
+# run), gpu-tests.xml (JUnit), encode.json, profile.txt, render.json and kernels.json. To keep
+# the numbers, copy the JSON to benchmarks/results/<gpu>-<date>/.
 #
-# The device image has torch, triton, numpy, nvcc, pytest, pytest-xdist and safetensors but not
-# freetype-py (device KINDS.md, 2026-11). Before the call, download its wheel into .whl/ (ignored
-# by git; carry nothing the image has: a second pytest would shadow the image's plugins):
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl freetype-py
-# then: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
+# Time: the script keeps inside BUDGET seconds (default 560). Steps run most important first;
+# each gets what is left minus a reserve for the steps after it, so a slow step shortens the
+# later ones instead of ending the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/clippo-gpu}
+OUT=${OUT:-benchmarks/out/gpu-session}
 BUDGET=${BUDGET:-560}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1

@@ -27,7 +27,7 @@ torch.compile, at the ViT-B MLP shapes (768 -> 3072 GELU, 3072 -> 768 + residual
 Each row carries ms (median, p20, p80), TFLOP/s, speedup = baseline ms / ms, and the max
 |difference| of the output (and, for fwd+bwd, of every gradient) against the baseline's (a
 sanity check, not a test). Results go
-to a printed table and <out>/kernels.json (benchmarks/results by default). Without CUDA the
+to a printed table and <out>/kernels.json (benchmarks/out by default). Without CUDA the
 script says so, times the torch providers at a small size on the CPU (kernels_cpu.json) and
 exits 0.
 """
@@ -211,7 +211,7 @@ def bench_linear(batch, k, n, epilogue, device, with_triton, reps, tokens=196):
     leaves = [t.requires_grad_() for t in (x, w, b)]
 
     def eager(x, w, b):
-        return _lin.linear_ref(x, w, b, res, act)
+        return _lin.linear_ref(x, w, b, res, act)[0]
     providers = {"torch eager": eager, "torch.compile": torch.compile(eager)}
     if with_triton:
         providers["clippo-triton"] = lambda x, w, b: _lin.linear_op(x, w, b, res, act)
@@ -289,7 +289,7 @@ def patch_providers(with_triton):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="directory for the JSON (default: "
-                    "benchmarks/results)")
+                    "benchmarks/out)")
     ap.add_argument("--quick", action="store_true", help="smallest shapes only")
     ap.add_argument("--only", choices=["patch", "attention", "layer_norm", "linear"],
                     default=None)

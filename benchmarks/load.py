@@ -6,7 +6,7 @@ measurement sees a cold model (the file is in the page cache after the first run
 load time and the peak RSS growth during the load against the parameter bytes; the target is
 under 5 s and under 2x the parameter bytes.
 
-    python benchmarks/load.py [--variant B/16] [--npz path] [--runs 3]
+    python benchmarks/load.py [--variant B/16] [--npz path] [--runs 3] [--out DIR]
 """
 import argparse
 import json
@@ -80,7 +80,8 @@ def main(argv=None):
     ap.add_argument("--variant", default="B/16", help="variant for the synthetic checkpoint")
     ap.add_argument("--npz", help="load this checkpoint instead of a synthetic one")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--out-dir", help="where to write load.json (default benchmarks/results)")
+    ap.add_argument("--out", "--out-dir", dest="out_dir",
+                    help="folder for load.json (default benchmarks/out)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,8 +3,8 @@ present) against a PIL ImageDraw baseline and the numpy port of the reference op
 
 Workloads (seeded synthetic text): 64-character captions, 400-character paragraphs and a
 ~100-character multilingual mix, rendered at 224x224 with CLIPPO's defaults, batch 1024.
-Every number in a table comes from this run, except the reference TensorFlow op's published
-throughput (clippo-facts.md), shown as a labelled constant for context.
+Every number in the table comes from this run; the numpy port of the reference algorithm
+stands in for big_vision's TensorFlow op, which this script does not run.
 
     python benchmarks/render.py [--batch 1024] [--quick] [--out DIR]
 """
@@ -23,9 +23,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 S = 224
-# Published throughput of big_vision's render_unifont (TF op in tf.data, 2-core CPU):
-# ~390/s for ~50-character strings, ~63/s for ~400-character strings. Not measured here.
-TF_PUBLISHED = {"caption64": 390.0, "para400": 63.0}
 
 WORDS = ("a the of and to in is on with for at by from an photo picture image view "
          "man woman dog cat bird car tree house street city beach table group people child "
@@ -103,7 +100,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--quick", action="store_true", help="small sizes (CI / smoke test)")
-    ap.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+    ap.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/out)")
     args = ap.parse_args(argv)
 
     import clippo
@@ -184,11 +181,6 @@ def main(argv=None):
                               note="skipped: " + ("clippo built without CUDA kernels" if cuda
                                                   else "no GPU")))
 
-        if name in TF_PUBLISHED:
-            group.append(dict(workload=name, provider="reference TF op (published)",
-                              images_per_s=TF_PUBLISHED[name], threads=2,
-                              note="clippo-facts.md, not measured"))
-
         ref = next(r["images_per_s"] for r in group if r["provider"] == "numpy reference port")
         pil = next((r.get("images_per_s") for r in group if r["provider"] == "PIL ImageDraw"),
                    None)
@@ -205,7 +197,6 @@ def main(argv=None):
                                      f"(load average {load[0]:.2f} -> {load_end[0]:.2f})")
     write_json("render", rows, extra=dict(batch=batch, quick=args.quick,
                                           load_average_start=load, load_average_end=load_end,
-                                          tf_published=TF_PUBLISHED,
                                           environment_note=environment()["cpu"]),
                out_dir=args.out)
 

@@ -15,11 +15,9 @@ the patch-embedding kernel wants a dense weight).
 
 CLI: `clippo convert in.npz out_dir` (see `main`).
 """
-import argparse
 import json
 import math
 import os
-import sys
 import uuid
 import zipfile
 import zlib
@@ -29,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from clippo.model.clippo import CLIPPO
 from clippo.model.vit import MultiHeadDotProductAttention
 
 WEIGHTS_NAME = "model.safetensors"
@@ -264,9 +261,10 @@ def _state_dict_from_checkpoint(model, ckpt):
     return state
 
 
-def load_big_vision(path, *, render=None, pool_type=None, device=None):
-    """CLIPPO from a big_vision .npz (params/ prefix optional, opt/ entries ignored,
-    scanned or unscanned encoder)."""
+def load_big_vision(path, model_cls, *, render=None, pool_type=None, device=None):
+    """A `model_cls` (CLIPPO) from a big_vision .npz (params/ prefix optional, opt/ entries
+    ignored, scanned or unscanned encoder). The model class is passed in, not imported: the
+    model calls this module, never the other way round."""
     with _Checkpoint(path) as ckpt:
         config = infer_config(ckpt, pool_type)
         if config["out_dim"] is None:
@@ -275,7 +273,7 @@ def load_big_vision(path, *, render=None, pool_type=None, device=None):
         _need(ckpt.entries, "t")
         if render is not None:
             config["render"] = render
-        model = CLIPPO.from_config(config, device="meta")
+        model = model_cls.from_config(config, device="meta")
         state = _state_dict_from_checkpoint(model, ckpt)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device) if device is not None else model
@@ -327,7 +325,7 @@ def save_pretrained(model, directory):
     _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
 
 
-def load_pretrained(directory, device=None):
+def load_pretrained(directory, model_cls, device=None):
     from safetensors import safe_open
 
     directory = Path(directory)
@@ -338,7 +336,7 @@ def load_pretrained(directory, device=None):
     if not isinstance(config, dict):
         raise ValueError(f"{directory / CONFIG_NAME} must hold a JSON object")
     try:
-        model = CLIPPO.from_config(config, device="meta")
+        model = model_cls.from_config(config, device="meta")
     except (TypeError, ValueError) as e:
         raise ValueError(f"{directory / CONFIG_NAME}: {e}") from None
     params = dict(model.named_parameters())
@@ -358,33 +356,3 @@ def load_pretrained(directory, device=None):
             state[k] = t
     model.load_state_dict(state, strict=True, assign=True)
     return model
-
-
-# -- CLI ----------------------------------------------------------------------------------
-
-def main(argv=None):
-    """`clippo convert in.npz out_dir`: big_vision checkpoint -> save_pretrained directory."""
-    parser = argparse.ArgumentParser(
-        prog="clippo convert",
-        description="Convert a big_vision CLIPPO .npz checkpoint to safetensors + config.json.")
-    parser.add_argument("input", help="big_vision .npz checkpoint")
-    parser.add_argument("output", help="directory to write model.safetensors and config.json to")
-    args = parser.parse_args(argv)
-    try:
-        model = load_big_vision(args.input)
-    except (OSError, KeyError, ValueError) as e:
-        print(f"clippo convert: error: {e}", file=sys.stderr)
-        return 1
-    cfg = model.config
-    print("inferred config:")
-    for k, v in cfg.items():
-        if k != "render":
-            print(f"  {k}: {v}")
-    print(f"parameters: {model.num_params():,}")
-    model.save_pretrained(args.output)
-    print(f"wrote {Path(args.output) / WEIGHTS_NAME} and {Path(args.output) / CONFIG_NAME}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Set-up that must precede the first import of triton in the test process.
 
 Without CUDA the Triton kernels run on CPU tensors through Triton's interpreter, which triton
-reads at its first import (a module that imported triton earlier in the process makes the
-kernel tests re-run themselves in a subprocess: clippo/kernels/_testing.py). With a GPU the
-kernel tests use each kernel's first config (CLIPPO_AUTOTUNE=0) to stay quick.
+reads at its first import (if a plugin imported triton earlier, the Triton-tier tests skip here
+and tests/test_kernel_interpreter.py runs them in a fresh process). With a GPU the kernel tests
+use each kernel's first fitting config (CLIPPO_AUTOTUNE=0) to stay quick.
 """
 import os
 

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import clippo.kernels as K
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, assert_rule, needs_gpu,
-                                     needs_triton, rerun_in_subprocess)
+from _kernel_testing import ATOL, DEVICE, DTYPES, assert_rule, needs_gpu, needs_triton
 
 at = importlib.import_module("clippo.kernels.attention")
 
@@ -51,9 +50,17 @@ def shape_params():
             + [pytest.param(s, id="x".join(map(str, s)), marks=needs_gpu) for s in GPU_SHAPES])
 
 
+def naive_attention(q, k, v, scale=None):
+    """Attention as written: matmuls in the inputs' dtype (the same-dtype torch baseline), the
+    softmax in fp32 (fp64 for fp64 inputs: the float64 reference)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) * scale
+    return s.softmax(-1).to(q.dtype) @ v
+
+
 def ref_grads(q, k, v, grad, scale=None):
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = at.attention_ref(*leaves, scale=scale)
+    out = naive_attention(*leaves, scale=scale)
     return out, torch.autograd.grad(out, leaves, grad.to(out.dtype))
 
 
@@ -65,14 +72,13 @@ def ref_grads(q, k, v, grad, scale=None):
 @pytest.mark.parametrize("shape", shape_params())
 def test_kernels_forward_backward(shape, dtype):
     q, k, v = make_qkv(shape, dtype)
-    scale = 0.3 if shape[4] == 40 else None  # a custom scale once
+    scale = 0.3 if shape[4] == 40 else shape[4] ** -0.5  # a custom scale once
     out, lse = at.attention_fwd(q, k, v, scale)
-    ref64 = at.attention_ref(q.double(), k.double(), v.double(), scale)
-    ref = at.attention_ref(q, k, v, scale)
+    ref64 = naive_attention(q.double(), k.double(), v.double(), scale)
+    ref = naive_attention(q, k, v, scale)
     assert_rule(out, ref64, ref, ATOL[dtype], f"{shape} {dtype} out")
 
-    s = scale if scale is not None else shape[4] ** -0.5
-    lse64 = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) * s, -1) * at.LOG2E
+    lse64 = torch.logsumexp(q.double() @ k.double().transpose(-2, -1) * scale, -1) * at.LOG2E
     torch.testing.assert_close(lse.double(), lse64, rtol=0, atol=ATOL[dtype] * 10)
 
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
@@ -87,17 +93,17 @@ def test_kernels_forward_backward(shape, dtype):
 def test_kernel_rejects_unsupported_head_dim():
     q, k, v = make_qkv((1, 1, 4, 4, 160, "bhld"), torch.float32)
     with pytest.raises(ValueError, match="head dim 160"):
-        at.attention_fwd(q, k, v)
+        at.attention_fwd(q, k, v, 0.1)
 
 
 @needs_triton
 def test_softmax_is_stable_for_large_logits():
     """Scores around 1e3 would overflow a naive exp: the online softmax must not."""
     q, k, v = make_qkv((1, 1, 16, 40, 64, "bhld"), torch.float32)
-    out, _ = at.attention_fwd(q * 30, k * 30, v)
-    ref64 = at.attention_ref(q.double() * 30, k.double() * 30, v.double())
+    out, _ = at.attention_fwd(q * 30, k * 30, v, 0.125)
+    ref64 = naive_attention(q.double() * 30, k.double() * 30, v.double())
     assert torch.isfinite(out).all()
-    assert_rule(out, ref64, at.attention_ref(q * 30, k * 30, v), ATOL[torch.float32],
+    assert_rule(out, ref64, naive_attention(q * 30, k * 30, v), ATOL[torch.float32],
                 "large logits")
 
 
@@ -152,19 +158,28 @@ def test_public_falls_back_for_large_head_dim():
 def test_errors(change, message):
     q, k, v = change(*make_qkv((1, 2, 5, 7, 16, "bhld"), torch.float32, device="cpu"))
     with pytest.raises(ValueError, match=message):
-        torch.ops.clippo.attention_fwd(q, k, v, 0.25)
+        at.check_args(q, k, v)  # what the Triton launchers check first
+    if q.dtype != torch.float64:  # the op's CPU kernel, the torch reference, takes fp64 too
+        with pytest.raises(ValueError, match=message):
+            torch.ops.clippo.attention_fwd(q, k, v, 0.25)
+
+
+def test_cpu_op_is_the_reference_in_fp64_too():
+    q, k, v = (t.double() for t in make_qkv(SHAPES[3], torch.float32, device="cpu"))
+    out, lse2 = torch.ops.clippo.attention_fwd(q, k, v, 0.3)
+    torch.testing.assert_close(out, naive_attention(q, k, v, 0.3), rtol=1e-12, atol=1e-12)
+    assert lse2.dtype == torch.float32
 
 
 def test_backend_switch_validation():
     with pytest.raises(ValueError, match="unknown clippo kernel backend"):
         K.set_backend("cuda")
-    prev = K.set_backend("torch")
+    before = K.get_backend()
+    restore = K.set_backend("torch")
     try:
-        assert K.get_backend() == "torch"
+        assert K.get_backend() == "torch" and restore.previous == before
     finally:
-        K.set_backend(prev)
-
-
-def test_interpreter_subprocess():
-    """When this process imported triton without the interpreter, run this file again."""
-    rerun_in_subprocess(__file__)
+        K.set_backend(restore.previous)
+    with K.set_backend("torch") as restore:
+        assert K.get_backend() == "torch"
+    assert K.get_backend() == before == restore.previous

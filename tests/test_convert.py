@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _bv_reference import bv_embed, random_bv_params, save_bv_npz
-from clippo import convert
+from clippo import cli, convert
 from clippo.model import CLIPPO
 
 SIZES = dict(width=32, depth=2, num_heads=2, mlp_dim=48, patch=8, num_pos=4, out_dim=24)
@@ -179,7 +179,7 @@ def test_load_is_lazy_and_zero_copy(tmp_path, monkeypatch):
 
 def test_convert_cli_round_trip(tmp_path, params, capsys):
     src = _save(tmp_path, params)
-    assert convert.main([str(src), str(tmp_path / "out")]) == 0
+    assert cli.convert_main([str(src), str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert f"parameters: {sum(a.size for a in params.values()):,}" in printed
     assert "width: 32" in printed and "depth: 2" in printed
@@ -192,7 +192,7 @@ def test_convert_cli_round_trip(tmp_path, params, capsys):
 
 def test_convert_cli_reports_errors(tmp_path, params, capsys):
     del params["img/pos_embedding"]
-    assert convert.main([str(_save(tmp_path, params)), str(tmp_path / "out")]) == 1
+    assert cli.convert_main([str(_save(tmp_path, params)), str(tmp_path / "out")]) == 1
     assert "img/pos_embedding" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

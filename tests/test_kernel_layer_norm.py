@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import clippo.kernels as K
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,
-                                     needs_gpu, needs_triton, rerun_in_subprocess)
+from _kernel_testing import ATOL, DEVICE, DTYPES, ON_GPU, assert_rule, needs_gpu, needs_triton
 
 ln = importlib.import_module("clippo.kernels.layer_norm")
 
@@ -32,7 +31,8 @@ def torch_grads(fn, x, w, b, dy):
     return y, torch.autograd.grad(y, leaves, dy.to(y.dtype))
 
 
-def same_dtype_ref(x, w, b):
+def torch_layer_norm(x, w, b):
+    """torch's own LayerNorm: the float64 reference in fp64, the same-dtype baseline else."""
     return F.layer_norm(x, x.shape[-1:], w, b, 1e-6)
 
 
@@ -47,9 +47,8 @@ def shape_params():
 def test_kernels(shape, dtype):
     x, w, b, dy = make(shape, dtype)
     y, mean, rstd = ln.layer_norm_fwd(x, w, b, 1e-6)
-    y64, g64 = torch_grads(lambda *t: ln.layer_norm_ref(*t, 1e-6), x.double(), w.double(),
-                           b.double(), dy.double())
-    ys, gs = torch_grads(same_dtype_ref, x, w, b, dy)
+    y64, g64 = torch_grads(torch_layer_norm, x.double(), w.double(), b.double(), dy.double())
+    ys, gs = torch_grads(torch_layer_norm, x, w, b, dy)
     assert_rule(y, y64, ys, ATOL[dtype], f"{shape} {dtype} y")
     x32 = x.double().reshape(-1, shape[-1])
     torch.testing.assert_close(mean.double(), x32.mean(-1), rtol=0, atol=1e-5)
@@ -67,8 +66,8 @@ def test_kernels(shape, dtype):
 def test_op_autograd(shape, dtype):
     x, w, b, dy = make(shape, dtype)
     y, got = torch_grads(ln.layer_norm_op, x, w, b, dy)
-    y64, g64 = torch_grads(ln.layer_norm_ref, x.double(), w.double(), b.double(), dy.double())
-    ys, gs = torch_grads(same_dtype_ref, x, w, b, dy)
+    y64, g64 = torch_grads(torch_layer_norm, x.double(), w.double(), b.double(), dy.double())
+    ys, gs = torch_grads(torch_layer_norm, x, w, b, dy)
     assert_rule(y, y64, ys, ATOL[dtype], f"{shape} {dtype} y")
     m = x.numel() // shape[-1]
     for name, g, want64, want in zip(("x", "weight", "bias"), got, g64, gs):
@@ -98,11 +97,6 @@ def test_public_matches_torch_and_errors():
     x, w, b, _ = make((2, 3, 16), torch.float32, device="cpu")
     for name in ["torch", "auto"] + (["triton"] if K.HAS_TRITON else []):
         with K.use_backend(name):
-            torch.testing.assert_close(K.layer_norm(x, w, b), same_dtype_ref(x, w, b))
+            torch.testing.assert_close(K.layer_norm(x, w, b), torch_layer_norm(x, w, b))
     with pytest.raises(ValueError, match="weight and bias must be"):
         torch.ops.clippo.layer_norm_fwd(x, w[:-1], b, 1e-6)
-
-
-def test_interpreter_subprocess():
-    """When this process imported triton without the interpreter, run this file again."""
-    rerun_in_subprocess(__file__)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import clippo.kernels as K
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, ON_GPU, assert_rule,
-                                     needs_gpu, needs_triton, rerun_in_subprocess)
+from _kernel_testing import ATOL, DEVICE, DTYPES, ON_GPU, assert_rule, needs_gpu, needs_triton
 
 lin = importlib.import_module("clippo.kernels.linear")
 
@@ -67,7 +66,7 @@ def test_reference_is_the_formula():
     assert abs(gelu_tanh64(torch.tensor(1.0, dtype=torch.float64)).item() - 0.841192) < 1e-6
     x, w, b, r, _ = make((4, 5), 12, 9, torch.float64, device="cpu")
     for act, res, bias in MODES:
-        got = lin.linear_ref(x, w, b if bias else None, r if res else None, act)
+        got, _ = lin.linear_ref(x, w, b if bias else None, r if res else None, act)
         torch.testing.assert_close(got, ref64(x, w, b if bias else None, r if res else None,
                                               act), rtol=1e-12, atol=1e-12)
 
@@ -81,7 +80,7 @@ def test_kernel(lead, k, n, act, res, bias, dtype):
     b = b if bias else None
     r = r if res else None
     y, h = lin.linear_fwd(x, w, b, r, act, save_pre=True)
-    same = lin.linear_ref(x, w, b, r, act)
+    same, _ = lin.linear_ref(x, w, b, r, act)
     assert_rule(y, ref64(x, w, b, r, act), same, ATOL[dtype] * math.sqrt(k), f"{dtype} y")
     if act == "gelu":
         assert_rule(h, ref64(x, w, b, None, None), torch.nn.functional.linear(x, w, b),
@@ -100,8 +99,8 @@ def test_kernel_strided_inputs():
     xs.copy_(x)
     wt = w.t().contiguous().t()                              # [N, K] with strides (1, N)
     rt = r.transpose(0, 1).contiguous().transpose(0, 1)
-    y, _ = lin.linear_fwd(xs, wt, b, rt, "gelu")
-    assert_rule(y, ref64(x, w, b, r, "gelu"), lin.linear_ref(x, w, b, r, "gelu"),
+    y, _ = lin.linear_fwd(xs, wt, b, rt, "gelu", False)
+    assert_rule(y, ref64(x, w, b, r, "gelu"), lin.linear_ref(x, w, b, r, "gelu")[0],
                 ATOL[torch.float32] * 8, "strided")
 
 
@@ -114,7 +113,7 @@ def test_kernel_empty_sizes(lead, k, n):
     x, w, b, r, _ = make(lead, k, n, torch.float32)
     for act, res in (("gelu", None), (None, r)):
         y, _ = lin.linear_fwd(x, w, b, res, act, save_pre=True)
-        torch.testing.assert_close(y, lin.linear_ref(x, w, b, res, act))
+        torch.testing.assert_close(y, lin.linear_ref(x, w, b, res, act)[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -128,7 +127,7 @@ def test_op_autograd(lead, k, n, act, res, bias, dtype):
         return lin.linear_op(x, w, b, r, act)
 
     def same(x, w, b, r):
-        return lin.linear_ref(x, w, b, r, act)
+        return lin.linear_ref(x, w, b, r, act)[0]
 
     def f64(x, w, b, r):
         return ref64(x, w, b, r, act)
@@ -148,7 +147,7 @@ def test_backward_recomputes_without_saved_pre_activation():
     """save_pre=False under autograd (a caller that skipped it): the backward recomputes h."""
     x, w, b, _, dy = make((5,), 8, 6, torch.float32, device="cpu")
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    y, h = torch.ops.clippo.linear(*leaves, None, True, False)
+    y, h = torch.ops.clippo.linear(*leaves, None, "gelu", False)
     assert h.numel() == 0
     got = torch.autograd.grad(y, leaves, dy)
     leaves64 = [t.double().requires_grad_() for t in (x, w, b)]
@@ -161,8 +160,8 @@ def test_backward_recomputes_without_saved_pre_activation():
 def test_opcheck_and_compile(device):
     x, w, b, r, dy = make((2, 5), 24, 16, torch.float32, device=device)
     x, w, b, r = (t.requires_grad_() for t in (x, w, b, r))
-    for gelu, save, res in ((True, True, None), (True, False, r), (False, False, r)):
-        torch.library.opcheck(torch.ops.clippo.linear.default, (x, w, b, res, gelu, save))
+    for act, save, res in (("gelu", True, None), ("gelu", False, r), (None, False, r)):
+        torch.library.opcheck(torch.ops.clippo.linear.default, (x, w, b, res, act, save))
     torch._dynamo.reset()
     with K.use_backend("triton" if K.HAS_TRITON else "auto"):
         def fn(x, w, b, r):
@@ -176,7 +175,7 @@ def test_opcheck_and_compile(device):
 
 def test_public_backends_fusion_switch_and_errors():
     x, w, b, r, _ = make((2, 3), 16, 8, torch.float32, device="cpu")
-    want = lin.linear_ref(x, w, b, r, "gelu")
+    want, _ = lin.linear_ref(x, w, b, r, "gelu")
     for name in ["torch", "auto"] + (["triton"] if K.HAS_TRITON else []):
         with K.use_backend(name):
             torch.testing.assert_close(K.linear(x, w, b, activation="gelu", residual=r), want)
@@ -189,12 +188,15 @@ def test_public_backends_fusion_switch_and_errors():
     with pytest.raises(ValueError, match="unknown clippo fusion"):
         K.set_fusions("linear,gemm")
     assert K.get_fusions() == ()  # unchanged by the bad call
+    with K.set_fusions("layer_norm") as restore:
+        assert K.get_fusions() == ("layer_norm",) and restore.previous == frozenset()
+    assert K.get_fusions() == ()
     with pytest.raises(ValueError, match="activation"):
         K.linear(x, w, b, activation="relu")
     with pytest.raises(ValueError, match="residual must be"):
-        torch.ops.clippo.linear(x, w, b, r[:, :1], False, False)
+        torch.ops.clippo.linear(x, w, b, r[:, :1], None, False)
     with pytest.raises(ValueError, match="do not match"):
-        torch.ops.clippo.linear(x, w[:, 1:], b, None, False, False)
+        torch.ops.clippo.linear(x, w[:, 1:], b, None, None, False)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
@@ -214,8 +216,3 @@ def test_auto_runs_triton_only_when_enabled():
             assert calls
     finally:
         lin.linear_op = orig
-
-
-def test_interpreter_subprocess():
-    """When this process imported triton without the interpreter, run this file again."""
-    rerun_in_subprocess(__file__)

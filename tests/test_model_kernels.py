@@ -11,8 +11,7 @@ import torch
 
 import clippo
 import clippo.kernels as K
-from clippo.kernels._testing import (DEVICE, needs_triton,
-                                     rerun_in_subprocess)
+from _kernel_testing import DEVICE, needs_triton
 
 pe = importlib.import_module("clippo.kernels.patch_embed")
 at = importlib.import_module("clippo.kernels.attention")
@@ -33,11 +32,13 @@ def launchers_as_ops(monkeypatch):
 
     monkeypatch.setattr(pe, "patch_embed_op", count("patch_embed", pe.patch_embed_fwd))
     monkeypatch.setattr(at, "attention_op",
-                        count("attention", lambda q, k, v, s: at.attention_fwd(q, k, v, s)[0]))
+                        count("attention", lambda q, k, v, s: at.attention_fwd(
+                            q, k, v, q.shape[-1] ** -0.5 if s is None else s)[0]))
     monkeypatch.setattr(ln, "layer_norm_op",
                         count("layer_norm", lambda x, w, b, e: ln.layer_norm_fwd(x, w, b, e)[0]))
     monkeypatch.setattr(lin, "linear_op",
-                        count("linear", lambda x, w, b, r, a: lin.linear_fwd(x, w, b, r, a)[0]))
+                        count("linear", lambda x, w, b, r, a: lin.linear_fwd(
+                            x, w, b, r, a, False)[0]))
     return calls
 
 
@@ -79,24 +80,20 @@ def test_fusions_off_under_auto_keep_torch_for_optional_kernels(launchers_as_ops
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_b16_on_gpu_every_kernel_vs_torch(dtype):
     """ViT-B/16 on the GPU with every kernel on (the registered ops, autotuned configs) against
-    the torch path in the same dtype and in fp32: the fused model is as close to fp32 as torch's
-    own bf16 model is (2x rule), and equal to float rounding in fp32."""
+    the model in float64: the fused model is as close to it as torch's own model in the same
+    dtype is (2x rule, as the kernel tests). In fp32 torch's error is its TF32 convolution by
+    default (and TF32 matmuls where enabled), which the kernels follow."""
     torch.manual_seed(0)
     model = clippo.create_model("B/16").to("cuda").eval()
     texts = [f"sample {i}: the quick brown fox" for i in range(6)]
     images = clippo.render(texts, device="cuda")
     with torch.no_grad():
         with K.use_backend("torch"):
-            ref32 = model.encode_image(images).double()
+            ref64 = model.double().encode_image(images)
             ref_same = model.to(dtype).encode_image(images).double()
         with K.use_backend("auto"), K.use_fusions("all"):
             got = model.encode_image(images).double()
-    err, base = (got - ref32).abs().max().item(), (ref_same - ref32).abs().max().item()
-    print(f"{dtype}: max|fused - fp32 torch| = {err:.3g}, "
-          f"max|torch same dtype - fp32| = {base:.3g}")
-    assert err <= 2 * base + (5e-5 if dtype == torch.float32 else 2e-3)
-
-
-def test_interpreter_subprocess():
-    """When this process imported triton without the interpreter, run this file again."""
-    rerun_in_subprocess(__file__)
+    err, base = (got - ref64).abs().max().item(), (ref_same - ref64).abs().max().item()
+    print(f"{dtype}: max|fused - fp64 torch| = {err:.3g}, "
+          f"max|torch same dtype - fp64 torch| = {base:.3g}")
+    assert err <= 2 * base + (1e-5 if dtype == torch.float32 else 2e-3)

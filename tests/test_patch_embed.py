@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import clippo.kernels as K
-from clippo.kernels._testing import (ATOL, DEVICE, DTYPES, assert_rule, needs_gpu,
-                                     needs_triton, rerun_in_subprocess)
+from _kernel_testing import ATOL, DEVICE, DTYPES, assert_rule, needs_gpu, needs_triton
 
 pe = importlib.import_module("clippo.kernels.patch_embed")
 
@@ -197,8 +196,3 @@ def test_bad_pos_embed_shape():
     images, weight, bias, pos = make_inputs(CASES[0], torch.float32, device="cpu")
     with pytest.raises(ValueError, match="pos_embed"):
         torch.ops.clippo.patch_embed(images, weight, bias, pos[:, :-1])
-
-
-def test_interpreter_subprocess():
-    """When this process imported triton without the interpreter, run this file again."""
-    rerun_in_subprocess(__file__)

@@ -467,6 +467,74 @@ def test_rasterize_glyph_ids_out_of_range_draw_nothing(args):
     assert (img == 127).all()
 
 
+def overlapping_layout(cols, rows_per_image, batch=3, per_band=12, seed=0):
+    """A malformed layout whose glyphs overlap within their rows: random glyphs, x in [0, 40).
+    Returns glyphs int32 [n, 2] and row_offsets int32 [batch * rows_per_image + 1]."""
+    rng = np.random.default_rng(seed)
+    bands = batch * rows_per_image
+    counts = rng.integers(0, per_band + 1, bands)
+    n = int(counts.sum())
+    g = np.stack([rng.integers(0, len(cols), n), rng.integers(0, 40, n)], axis=1)
+    rows = np.concatenate([[0], np.cumsum(counts)])
+    return torch.from_numpy(g.astype(np.int32)), torch.from_numpy(rows.astype(np.int32))
+
+
+def paint_in_order(glyphs, rows, cols, atlas, image_size, background):
+    """Reference: glyphs copied one after another in layout order (later ones cover earlier
+    ones), column by column, as in the definition of a layout."""
+    g, rows, cols, atlas = glyphs.numpy(), rows.numpy(), cols.numpy(), atlas.numpy()
+    cell_h, cell_w = atlas.shape[1:]
+    n_rows = -(-image_size // cell_h)
+    batch = (len(rows) - 1) // n_rows
+    out = np.full((batch, image_size, image_size), background, np.uint8)
+    for band in range(batch * n_rows):
+        image, y0 = divmod(band, n_rows)
+        y0 *= cell_h
+        h = min(cell_h, image_size - y0)
+        for k in range(rows[band], rows[band + 1]):
+            glyph, x = int(g[k, 0]), int(g[k, 1]) & 0xFFFF
+            first, width = int(cols[glyph]) & 0xFFFF, int(cols[glyph]) >> 16
+            for j in range(min(width, cell_w - first)):
+                if x + j < image_size:
+                    out[image, y0:y0 + h, x + j] = atlas[glyph, :h, first + j]
+    return out
+
+
+def test_rasterize_overlapping_glyphs_the_later_one_wins(args):
+    # layout_text never overlaps glyphs; a layout given to `rasterize` may. The rule shared by
+    # the CPU and CUDA paths (raster_band.h): the glyph later in the layout covers the earlier
+    # one, whatever order the claims run in (the CPU op runs them out of order on purpose).
+    cols, sh = args["cols"], args["sh"]
+    for image_size in (224, 40):
+        rows_per_image = -(-image_size // 16)
+        glyphs, rows = overlapping_layout(cols, rows_per_image, seed=image_size)
+        got = ops.rasterize(glyphs, rows, cols, sh, image_size, 127).numpy()
+        want = paint_in_order(glyphs, rows, cols, sh, image_size, 127)
+        assert (want != 127).any()
+        np.testing.assert_array_equal(got, want)
+    # the simplest case by hand: "m" then "w" two columns to its right; then the reverse
+    m, w = (int(args["cm"][ord(c)]) for c in "mw")
+    for a, b in ((m, w), (w, m)):
+        glyphs = i32(a, 0, b, 2).view(2, 2)
+        rows = torch.tensor([0, 2] + [2] * 13, dtype=torch.int32)
+        img = ops.rasterize(glyphs, rows, cols, sh, S, 127)[0].numpy()
+        first_b, width_b = int(cols[b]) & 0xFFFF, int(cols[b]) >> 16
+        np.testing.assert_array_equal(img[:16, 2:2 + width_b], sh[b, :, first_b:first_b + width_b])
+        first_a = int(cols[a]) & 0xFFFF
+        np.testing.assert_array_equal(img[:16, :2], sh[a, :, first_a:first_a + 2])
+
+
+@cuda
+def test_cuda_rasterize_overlapping_glyphs_equals_cpu(r):
+    # the same rule on the GPU, where 256 threads claim a row's columns at once
+    cols, sh = r._cols, r._shaded
+    glyphs, rows = overlapping_layout(cols, 14, batch=64, per_band=200, seed=3)
+    cpu = ops.rasterize(glyphs, rows, cols, sh, S, 127)
+    for _ in range(3):
+        gpu = ops.rasterize(glyphs.cuda(), rows.cuda(), cols.cuda(), sh.cuda(), S, 127)
+        assert torch.equal(gpu.cpu(), cpu)
+
+
 def test_layout_op_with_empty_glyph_cols_raises():
     # layout_text accepts glyph_cols of any length (it has no atlas to check against) and
     # maps out-of-range glyphs to glyph 0, so with zero entries it reads glyph_cols[0] of

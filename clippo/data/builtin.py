@@ -1,15 +1,16 @@
 """Built-in data: procedurally drawn scenes with captions in four languages, no download.
 
 A scene is one coloured shape at one position on a noisy grey background. Captions name the
-colour, the shape and (for most captions) the position, in English, German,
-Russian or Chinese (Latin, Cyrillic and Han script), so a model trained on them has to read
-rendered text in several scripts:
+colour, the shape and the position, in English, German, Russian or Chinese (Latin, Cyrillic
+and Han script), so a model trained on them has to read rendered text in several scripts:
 
-    "a red circle on the left" | "ein Kreis in Rot links" | "круг красного цвета слева" | "左边的红色圆形"
+    "a red circle on the left" | "ein Kreis in Rot links" | "красный круг слева" | "左边的红色圆形"
 
-The colour x shape combinations are split: `combos("heldout")` (two shapes per colour) never
-appear in `split="train"`, so zero-shot classification and retrieval on the held-out split
-measure whether the model composes what it read, not whether it memorised pairs.
+The colour x position combinations are split: `combos("heldout")` (two positions per colour)
+never appear in `split="train"`, so zero-shot classification and retrieval on the held-out
+split measure whether the model composes what it read, not whether it memorised pairs.
+(Colour and position are the split's attributes because a small ViT with 16-px patches
+learns them in minutes on a CPU; the shapes, finer than a patch, take it far longer.)
 
 Everything is a pure function of (seed, split, index): item i of a dataset is the same in every
 process, worker and run.
@@ -28,40 +29,64 @@ COLORS = {  # name -> RGB
     "black": (12, 12, 12),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-POSITIONS = ("left", "right", "top", "bottom")
+# A 3 x 3 grid, row-major: (row, column) of POSITIONS[k] is divmod(k, 3).
+POSITIONS = ("top left", "top", "top right", "left", "middle", "right", "bottom left", "bottom",
+             "bottom right")
 LANGUAGES = ("en", "de", "ru", "zh")
 SPLITS = ("train", "heldout", "all")
+# Object radius and the jitter of its centre around its grid cell's, as fractions of the side.
+RADIUS = (0.09, 0.13)
+JITTER = 0.04
+# Background grey levels: near the text renders' 127, so that a plain patch embeds to about
+# zero and the position embedding is not drowned by a per-image brightness offset.
+BACKGROUND = (112, 143)
+ROTATION = 0.35  # radians, either way
 
-# Words per language. German nouns are all neuter or masculine ("ein"), and Russian names the
-# colour in the genitive ("... красного цвета"), so no template needs gender agreement.
+# Words per language. German nouns are all neuter or masculine ("ein"); Russian colour
+# adjectives agree with the shape's gender.
 _WORDS = {
     "en": {
         "color": {c: c for c in COLORS},
         "shape": {s: s for s in SHAPES},
-        "position": {"left": "on the left", "right": "on the right", "top": "at the top",
-                     "bottom": "at the bottom"},
+        "position": {"top left": "at the top left", "top": "at the top",
+                     "top right": "at the top right", "left": "on the left",
+                     "middle": "in the middle", "right": "on the right",
+                     "bottom left": "at the bottom left", "bottom": "at the bottom",
+                     "bottom right": "at the bottom right"},
     },
     "de": {
         "color": {"red": "Rot", "green": "Grün", "blue": "Blau", "yellow": "Gelb",
                   "purple": "Lila", "orange": "Orange", "white": "Weiß", "black": "Schwarz"},
         "shape": {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck",
                   "star": "Stern", "cross": "Kreuz", "ring": "Ring"},
-        "position": {"left": "links", "right": "rechts", "top": "oben", "bottom": "unten"},
+        "position": {"top left": "oben links", "top": "oben", "top right": "oben rechts",
+                     "left": "links", "middle": "in der Mitte", "right": "rechts",
+                     "bottom left": "unten links", "bottom": "unten",
+                     "bottom right": "unten rechts"},
     },
     "ru": {
-        "color": {"red": "красного", "green": "зелёного", "blue": "синего", "yellow": "жёлтого",
-                  "purple": "фиолетового", "orange": "оранжевого", "white": "белого",
-                  "black": "чёрного"},
+        # adjective stems: + "ый"/"ий" (masculine), "ая"/"яя" (feminine), "ое"/"ее" (neuter)
+        "color": {"red": ("красн", "ый", "ая", "ое"), "green": ("зелён", "ый", "ая", "ое"),
+                  "blue": ("син", "ий", "яя", "ее"), "yellow": ("жёлт", "ый", "ая", "ое"),
+                  "purple": ("фиолетов", "ый", "ая", "ое"),
+                  "orange": ("оранжев", "ый", "ая", "ое"), "white": ("бел", "ый", "ая", "ое"),
+                  "black": ("чёрн", "ый", "ая", "ое")},
         "shape": {"circle": "круг", "square": "квадрат", "triangle": "треугольник",
                   "star": "звезда", "cross": "крест", "ring": "кольцо"},
-        "position": {"left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
+        "gender": {"circle": 1, "square": 1, "triangle": 1, "star": 2, "cross": 1, "ring": 3},
+        "position": {"top left": "сверху слева", "top": "сверху", "top right": "сверху справа",
+                     "left": "слева", "middle": "в центре", "right": "справа",
+                     "bottom left": "снизу слева", "bottom": "снизу",
+                     "bottom right": "снизу справа"},
     },
     "zh": {
         "color": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
                   "purple": "紫色", "orange": "橙色", "white": "白色", "black": "黑色"},
         "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
                   "cross": "十字", "ring": "圆环"},
-        "position": {"left": "左边的", "right": "右边的", "top": "上面的", "bottom": "下面的"},
+        "position": {"top left": "左上角的", "top": "上面的", "top right": "右上角的",
+                     "left": "左边的", "middle": "中间的", "right": "右边的",
+                     "bottom left": "左下角的", "bottom": "下面的", "bottom right": "右下角的"},
     },
 }
 
@@ -73,13 +98,14 @@ def _check(kind, value, allowed):
 
 
 def combos(split="all"):
-    """(color, shape) pairs of a split, in a fixed order: "heldout" holds two shapes per colour
-    (16 pairs, every shape two or three times, so neither attribute alone names a held-out
-    pair), "train" the other 32, "all" the 48."""
+    """(color, position) pairs of a split, in a fixed order: "heldout" holds two positions per
+    colour (16 pairs; every position once or twice, so neither attribute alone names a held-out
+    pair), "train" the other 56 (each colour at seven positions), "all" the 72. The shape is
+    drawn independently of the split."""
     _check("split", split, SPLITS)
-    n = len(SHAPES)
-    heldout = {(c, SHAPES[k % n]) for i, c in enumerate(COLORS) for k in (i, i + 2)}
-    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    n = len(POSITIONS)
+    heldout = {(c, POSITIONS[k % n]) for i, c in enumerate(COLORS) for k in (2 * i, 2 * i + 5)}
+    pairs = [(c, p) for c in COLORS for p in POSITIONS]
     if split == "heldout":
         return [p for p in pairs if p in heldout]
     if split == "train":
@@ -87,9 +113,15 @@ def combos(split="all"):
     return pairs
 
 
-def class_name(color, shape, lang="en"):
-    """The class's name in a language: caption without a position ("red circle")."""
-    return caption(color, shape, None, lang, article=False)
+def class_name(color, position):
+    """A (color, position) class's short English name: "red left"."""
+    return f"{_check('colour', color, COLORS)} {_check('position', position, POSITIONS)}"
+
+
+def class_prompts(color, position, lang="en"):
+    """Captions for a (color, position) class, one per shape: averaged, their embeddings make
+    the zero-shot classifier (the reference's prompt ensembling, with shapes as templates)."""
+    return [caption(color, shape, position, lang) for shape in SHAPES]
 
 
 def caption(color, shape, position=None, lang="en", article=True):
@@ -97,6 +129,8 @@ def caption(color, shape, position=None, lang="en", article=True):
     w = _WORDS[_check("language", lang, LANGUAGES)]
     c = w["color"][_check("colour", color, COLORS)]
     s = w["shape"][_check("shape", shape, SHAPES)]
+    if lang == "ru":
+        c = c[0] + c[w["gender"][shape]]
     p = None if position is None else w["position"][_check("position", position, POSITIONS)]
     if lang == "en":
         text = f"a {c} {s}" if article else f"{c} {s}"
@@ -105,7 +139,7 @@ def caption(color, shape, position=None, lang="en", article=True):
         text = f"ein {s} in {c}" if article else f"{s} in {c}"
         return text if p is None else f"{text} {p}"
     if lang == "ru":
-        text = f"{s} {c} цвета"
+        text = f"{c} {s}"
         return text if p is None else f"{text} {p}"
     return f"{c}{s}" if p is None else f"{p}{c}{s}"
 
@@ -127,14 +161,14 @@ def draw_scene(color, shape, position, rng, image_size=64):
     S = int(image_size)
     if S < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
-    grey = int(rng.integers(70, 186))
+    grey = int(rng.integers(*BACKGROUND))
     img = Image.new("RGB", (S, S), (grey, grey, grey))
     draw = ImageDraw.Draw(img)
-    near, across = rng.uniform(0.24, 0.32), rng.uniform(0.36, 0.64)
-    cx, cy = {"left": (near, across), "right": (1 - near, across),
-              "top": (across, near), "bottom": (across, 1 - near)}[position]
-    cx, cy, r = cx * S, cy * S, rng.uniform(0.15, 0.21) * S
-    rot = rng.uniform(-0.35, 0.35)
+    row, col = divmod(POSITIONS.index(position), 3)
+    cx = ((col + 0.5) / 3 + rng.uniform(-JITTER, JITTER)) * S
+    cy = ((row + 0.5) / 3 + rng.uniform(-JITTER, JITTER)) * S
+    r = rng.uniform(*RADIUS) * S
+    rot = rng.uniform(-ROTATION, ROTATION)
     fill = tuple(int(np.clip(v + rng.integers(-18, 19), 0, 255)) for v in COLORS[color])
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -172,7 +206,7 @@ class BuiltinImageText(torch.utils.data.Dataset):
     """
 
     def __init__(self, split="train", num_samples=10000, image_size=64, seed=0,
-                 languages=LANGUAGES, position_prob=0.75):
+                 languages=LANGUAGES, position_prob=1.0):
         self.split = _check("split", split, SPLITS)
         if int(num_samples) < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -196,8 +230,8 @@ class BuiltinImageText(torch.utils.data.Dataset):
         if not 0 <= i < self.num_samples:
             raise IndexError(f"index {i} out of range for {self.num_samples} samples")
         rng = self._rng(i)
-        color, shape = self.combos[int(rng.integers(len(self.combos)))]
-        position = POSITIONS[int(rng.integers(len(POSITIONS)))]
+        color, position = self.combos[int(rng.integers(len(self.combos)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
         lang = self.languages[int(rng.integers(len(self.languages)))]
         named = bool(rng.random() < self.position_prob)
         return dict(color=color, shape=shape, position=position, lang=lang, named=named,
@@ -226,12 +260,10 @@ class BuiltinTextPairs(torch.utils.data.Dataset):
     _TEMPLATES = {
         "en": ("there is a {c} {s}.", "the {s} is {p}."),
         "de": ("da ist ein {s} in {c}.", "der {s} ist {p}."),
-        "ru": ("вот {s} {c} цвета.", "{s} {p}."),
+        "ru": ("вот {c} {s}.", "{s} {p}."),
         "zh": ("这里有一个{c}{s}。", "{s}在{p}。"),
     }
-    _PLAIN_POSITION = {"en": {"left": "on the left", "right": "on the right", "top": "at the top",
-                              "bottom": "at the bottom"},
-                       "zh": {"left": "左边", "right": "右边", "top": "上面", "bottom": "下面"}}
+    _PLAIN_POSITION = {"zh": {p: w[:-1] for p, w in _WORDS["zh"]["position"].items()}}
 
     def __init__(self, num_samples=10000, seed=0, languages=LANGUAGES):
         if int(num_samples) < 0:
@@ -252,13 +284,16 @@ class BuiltinTextPairs(torch.utils.data.Dataset):
         if not 0 <= i < self.num_samples:
             raise IndexError(f"index {i} out of range for {self.num_samples} samples")
         rng = np.random.default_rng([self.seed, 7, i])
-        color, shape = self.combos[int(rng.integers(len(self.combos)))]
-        position = POSITIONS[int(rng.integers(len(POSITIONS)))]
+        color, position = self.combos[int(rng.integers(len(self.combos)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
         lang = self.languages[int(rng.integers(len(self.languages)))]
         w = _WORDS[lang]
         first, second = self._TEMPLATES[lang]
         pos = self._PLAIN_POSITION.get(lang, w["position"])[position]
-        kw = dict(c=w["color"][color], s=w["shape"][shape], p=pos)
+        c = w["color"][color]
+        if lang == "ru":
+            c = c[0] + c[w["gender"][shape]]
+        kw = dict(c=c, s=w["shape"][shape], p=pos)
         if lang == "de":  # Kreis, Stern, Ring are masculine; the others neuter
             second = second if shape in ("circle", "star", "ring") else "das {s} ist {p}."
         return first.format(**kw), second.format(**kw)

@@ -25,36 +25,43 @@ since no GPU profile has yet shown that they pay; see "Backends"):
         Differentiable in all tensors.
 
 Backends ("auto", "triton", "torch"): the initial one comes from the environment variable
-CLIPPO_KERNELS (default "auto"); change it with set_backend(name) or, for a block,
-`with use_backend(name): ...`.
+CLIPPO_KERNELS (default "auto"); set_backend(name) changes it, and in a `with` statement
+(`with set_backend("torch"): ...`, or its alias use_backend) puts the previous one back after.
     auto    Triton ops for CUDA tensors when triton imports, plain torch otherwise.
     triton  always the registered ops torch.ops.clippo.* (Triton on CUDA; on the CPU their
             kernels are the torch references); RuntimeError if triton is missing.
     torch   conv2d / F.scaled_dot_product_attention / F.layer_norm / F.linear.
 Optional kernels: "auto" runs them in Triton only when enabled with CLIPPO_FUSE=layer_norm,linear
-(or "all"), set_fusions(...) or `with use_fusions(...)`; "triton" always, "torch" never.
-Inputs the Triton kernels do not take go to the torch path whatever the backend: attention
-with a head dim above 128 or v's head dim != q's, and float64 (both functions).
+(or "all") or set_fusions(...) (also a context manager; alias use_fusions); "triton" always,
+"torch" never. Inputs the Triton kernels do not take go to the torch path whatever the backend:
+attention with a head dim above 128 or v's head dim != q's, and float64.
 
-Registered ops (torch.library, with autograd, fake/meta and CPU kernels):
-    clippo::patch_embed(images, weight, bias?, pos_embed?) -> tokens
+Registered ops (torch.library, with autograd where marked, fake and CPU kernels; the CPU
+kernel of each is its torch reference, `<module>.<op>_ref`):
+    clippo::patch_embed(images, weight, bias?, pos_embed?) -> tokens              (autograd)
     clippo::patch_embed_grad_weight(images, grad_out, patch) -> grad weight
-    clippo::attention_fwd(q, k, v, scale) -> (out, lse2)
-    clippo::attention_bwd(grad_out, q, k, v, out, lse2, scale) -> (dq, dk, dv)
-    clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)
-    clippo::layer_norm_bwd(grad_y, x, weight, mean, rstd) -> (dx, dweight, dbias)
-    clippo::linear(x, weight, bias?, residual?, gelu, save_pre) -> (y, pre-activation)
+    clippo::attention_fwd(q, k, v, scale) -> (out, lse2)                         (autograd)
+    clippo::attention_bwd(grad, q, k, v, out, lse2, scale) -> (dq, dk, dv)
+    clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)              (autograd)
+    clippo::layer_norm_bwd(grad, x, weight, mean, rstd) -> (dx, dweight, dbias)
+    clippo::linear(x, weight, bias?, residual?, activation?, save_pre) -> (y, pre-activation)
+                                                                                 (autograd)
 
-CLIPPO_AUTOTUNE=0 (read at import) turns Triton autotuning off: each kernel uses its first,
-conservative config (quick GPU test runs).
+On CUDA the Triton kernels run on the tensors' device, whichever device is current. In fp32
+their products follow torch's TF32 settings for the op they replace (matmul: linear and
+attention; cuDNN conv: patch embedding). Autotuning keys on the shapes and on the bucket of the
+row count, so small-row launches (the MAP head) tune apart with tiles that fit them.
+CLIPPO_AUTOTUNE=0 (read at launch) turns autotuning off: each kernel uses the first config of
+its table that fits (quick GPU test runs). Supported triton: TRITON_VERSIONS, oldest to newest.
 """
 import importlib
 
 import torch
 import torch.nn.functional as F
 
-from ._utils import (BACKENDS, HAS_TRITON, OPTIONAL_KERNELS, get_backend,  # noqa: F401
-                     get_fusions, set_backend, set_fusions, use_backend, use_fusions, use_ops)
+from ._backend import (BACKENDS, HAS_TRITON, OPTIONAL_KERNELS, get_backend,  # noqa: F401
+                       get_fusions, set_backend, set_fusions, use_backend, use_fusions, use_ops)
+from ._triton import TRITON_VERSIONS  # noqa: F401
 
 # The submodules share names with the public functions below; load them under private names
 # (importing a submodule sets the package attribute, so this must come before the defs).
@@ -63,15 +70,9 @@ _attn = importlib.import_module(".attention", __name__)
 _ln = importlib.import_module(".layer_norm", __name__)
 _lin = importlib.import_module(".linear", __name__)
 
-patch_embed_ref = _pe.patch_embed_ref
-attention_ref = _attn.attention_ref
-layer_norm_ref = _ln.layer_norm_ref
-linear_ref = _lin.linear_ref
-
-__all__ = ["patch_embed", "attention", "layer_norm", "linear", "patch_embed_ref",
-           "attention_ref", "layer_norm_ref", "linear_ref", "get_backend", "set_backend",
+__all__ = ["patch_embed", "attention", "layer_norm", "linear", "get_backend", "set_backend",
            "use_backend", "get_fusions", "set_fusions", "use_fusions", "BACKENDS",
-           "OPTIONAL_KERNELS", "HAS_TRITON"]
+           "OPTIONAL_KERNELS", "HAS_TRITON", "TRITON_VERSIONS"]
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -88,12 +89,14 @@ def _autocast(*tensors):
 
 
 def patch_embed(images, weight, bias, pos_embed=None):
+    """Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."""
     if weight.dtype in _KERNEL_DTYPES and use_ops(images, weight):
         return _pe.patch_embed_op(*_autocast(images, weight, bias, pos_embed))
     return _pe.patch_embed_ref(images, weight, bias, pos_embed)
 
 
 def attention(q, k, v, scale=None):
+    """Non-causal attention [B, H, L, Dh]; see the module docstring."""
     if (q.shape[-1] <= _attn.MAX_HEAD_DIM and v.shape[-1] == q.shape[-1]
             and q.dtype in _KERNEL_DTYPES and use_ops(q, k, v)):
         return _attn.attention_op(*_autocast(q, k, v), scale)
@@ -121,8 +124,4 @@ def linear(x, weight, bias=None, *, activation=None, residual=None):
         if residual is None or args[3].dtype == residual.dtype:
             if len({t.dtype for t in args if t is not None}) == 1:
                 return _lin.linear_op(*args, activation)
-    return _lin.linear_ref(x, weight, bias, residual, activation)
-
-
-patch_embed.__doc__ = "Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."
-attention.__doc__ = "Non-causal attention [B, H, L, Dh]; see the module docstring."
+    return _lin.linear_ref(x, weight, bias, residual, activation)[0]

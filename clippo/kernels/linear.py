@@ -9,8 +9,8 @@ Backward: dh = dy * gelu'(h) (aten's gelu_backward), then dx = dh W, dW = dh^T x
 with torch matmuls; d(residual) = dy. h, the pre-activation, is stored by the forward only
 when autograd will need it (`save_pre`); otherwise the backward recomputes it.
 
-Layout as the other kernels: reference (`linear_ref`), kernel, launcher (`linear_fwd`), the op
-`torch.ops.clippo.linear` with autograd, a CPU kernel and a fake kernel, then `linear_op()`.
+Layout: the torch reference (`linear_ref`), the Triton kernel, the launcher (`linear_fwd`),
+the op torch.ops.clippo.linear with autograd, then `linear_op()`.
 """
 import math
 from typing import Optional, Tuple
@@ -19,23 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, config_kind, dot_precision, gemm_configs, interpret_for,
-                     interpreted, launcher, tl, triton)
+from ._backend import HAS_TRITON
+from ._triton import Kernel, define_op, dot_precision, tl, triton
+
 if HAS_TRITON:
-    from ._utils import grouped_tile
+    from ._triton import gemm_tile
 
 ACTIVATIONS = (None, "gelu")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def linear_ref(x, weight, bias=None, residual=None, activation=None):
-    """The unfused torch computation (what the model did before this kernel)."""
-    y = F.linear(x, weight, bias)
-    if activation == "gelu":
-        y = F.gelu(y, approximate="tanh")
-    return y if residual is None else residual + y
+# --------------------------------------------------------------------------------------------
+# torch reference (the op's CPU kernel)
+# --------------------------------------------------------------------------------------------
 
 
-def _check(x, weight, bias, residual, activation):
+def check_args(x, weight, bias, residual, activation, kernel=True):
+    """Validate the arguments, for the Triton kernel or (kernel=False: fp64 too) the
+    reference; returns the output shape [..., N]. Raises ValueError naming the issue."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
     if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
@@ -51,21 +52,27 @@ def _check(x, weight, bias, residual, activation):
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise ValueError(f"linear: {name} is {t.dtype} on {t.device}, "
                              f"x is {x.dtype} on {x.device}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype not in KERNEL_DTYPES + (() if kernel else (torch.float64,)):
         raise ValueError(f"linear: x must be fp32/fp16/bf16, got {x.dtype}")
     return out_shape
 
 
-if HAS_TRITON:
-    # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first is the default when
-    # autotuning is off. The usual Hopper GEMM tiles; "fp32" (exact products) needs smaller
-    # ones. Each compiles for sm_90 without spills (tests/test_kernel_compile.py --all).
-    _CONFIGS = {
-        "half": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
-                 (128, 128, 64, 4, 4), (64, 256, 64, 4, 4), (128, 64, 64, 4, 4)],
-        "fp32": [(64, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 32, 32, 4, 2)],
-    }
+def linear_ref(x, weight, bias=None, residual=None, activation=None, save_pre=False):
+    """(y, h): the unfused torch computation y = act(x W^T + b) + residual, and the
+    pre-activation h when save_pre and activation is "gelu" (else an empty tensor)."""
+    check_args(x, weight, bias, residual, activation, kernel=False)
+    h = F.linear(x, weight, bias)
+    y = F.gelu(h, approximate="tanh") if activation == "gelu" else h
+    if residual is not None:
+        y = residual + y
+    return y, (h if save_pre and activation == "gelu" else x.new_empty(0))
 
+
+# --------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
     @triton.jit
     def _gelu_tanh(h):
         # 0.5 h (1 + tanh(u)) == h * sigmoid(2u), u = sqrt(2/pi) (h + 0.044715 h^3)
@@ -83,17 +90,11 @@ if HAS_TRITON:
         M, N, K,
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GELU: tl.constexpr,
         SAVE_PRE: tl.constexpr, IN_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
-        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-
-        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.static_assert(BLOCK_K >= 16)
+        offs_m, mask_m, offs_n, mask_n = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         offs_k = tl.arange(0, BLOCK_K)
-        mask_m = offs_m < M
-        mask_n = offs_n < N
         a_ptrs = x_ptr + offs_m[:, None] * sxm + offs_k[None, :] * sxk
         w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * swn + offs_k[:, None] * swk
 
@@ -121,13 +122,24 @@ if HAS_TRITON:
         tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn,
                  acc.to(y_ptr.dtype.element_ty), mask=mask)
 
-    _linear_tuned = {
-        kind: triton.autotune(configs=gemm_configs(_CONFIGS[kind]),
-                              key=["N", "K", "HAS_RES", "GELU", "SAVE_PRE"])(_linear_kernel)
-        for kind in _CONFIGS}
+    # Tables: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). "fp32" tiles are smaller:
+    # fp32 operands need twice the registers and shared memory. The short rows serve the
+    # Dense layers over one row per image (the MAP head's). Every row compiles for sm_80 and
+    # sm_90 within shared memory and without register spills (tests/test_kernel_compile.py).
+    _linear = Kernel(
+        _linear_kernel, names=("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+        key=["N", "K", "HAS_RES", "GELU", "SAVE_PRE"],
+        interpret={"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, tables={
+            "half": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 8, 4),
+                     (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 256, 32, 8, 3),
+                     (32, 128, 64, 4, 4), (16, 128, 64, 4, 4)],
+            "fp32": [(64, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 32, 32, 4, 2),
+                     (32, 64, 32, 4, 2), (16, 64, 32, 4, 2)]})
 
-# fixed blocks for the CPU interpreter (autotuning there would only cost time)
-_INTERP = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+
+# --------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------
 
 
 def _rows(t, width):
@@ -136,13 +148,14 @@ def _rows(t, width):
     return t.reshape(math.prod(t.shape[:-1]), width)
 
 
-def linear_fwd(x, weight, bias=None, residual=None, activation=None, save_pre=False):
+def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+               activation: Optional[str], save_pre: bool) -> Tuple[Tensor, Tensor]:
     """Launch the kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).
 
     Returns (y, h): y = act(x W^T + b) + residual with x's dtype and shape [..., N]; h the
     pre-activation x W^T + b when save_pre and activation is "gelu", else an empty tensor.
     """
-    out_shape = _check(x, weight, bias, residual, activation)
+    out_shape = check_args(x, weight, bias, residual, activation)
     n, k = weight.shape
     x2 = _rows(x, k)
     m = x2.shape[0]
@@ -152,68 +165,27 @@ def linear_fwd(x, weight, bias=None, residual=None, activation=None, save_pre=Fa
     h = torch.empty((m, n) if save else (0,), device=x.device, dtype=x.dtype)
     if m and n:
         r2 = _rows(residual, n) if residual is not None else None
-        hs = h.stride() if save else (0, 0)
-        args = (x2, *x2.stride(), weight, *weight.stride(),
-                bias if bias is not None else weight,
-                r2 if r2 is not None else y, *(r2.stride() if r2 is not None else (0, 0)),
-                y, *y.stride(), h if save else y, *hs, m, n, k)
-        consts = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, GELU=gelu,
-                      SAVE_PRE=save, IN_PRECISION=dot_precision(x.dtype))
-        if interpret_for(x):
-            grid = (triton.cdiv(m, _INTERP["BLOCK_M"]) * triton.cdiv(n, _INTERP["BLOCK_N"]),)
-            interpreted(_linear_kernel)[grid](*args, **consts, **_INTERP)
-        else:
-            def grid(meta):
-                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-            launcher(_linear_tuned[config_kind(x.dtype)])[grid](*args, **consts)
+        # any tensor serves as the pointer of an absent optional input
+        _linear(lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),),
+                x2, *x2.stride(), weight, *weight.stride(), y if bias is None else bias,
+                y if r2 is None else r2, *((0, 0) if r2 is None else r2.stride()),
+                y, *y.stride(), h if save else y, *(h.stride() if save else (0, 0)), m, n, k,
+                device=x.device, dtype=x.dtype, rows=m,
+                HAS_BIAS=bias is not None, HAS_RES=r2 is not None, GELU=gelu, SAVE_PRE=save,
+                IN_PRECISION=dot_precision(x.dtype), GROUP_M=8)
     return y.reshape(out_shape), (h.reshape(out_shape) if save else h)
 
 
-def linear_cpu(x, weight, bias, residual, activation, save_pre):
-    """The op's CPU kernel (and the torch path of the CUDA op's decomposition on CPU)."""
-    out_shape = _check(x, weight, bias, residual, activation)
-    h = F.linear(x, weight, bias)
-    save = bool(save_pre and activation == "gelu")
-    y = F.gelu(h, approximate="tanh") if activation == "gelu" else h
-    if residual is not None:
-        y = residual + y
-    return y.reshape(out_shape), (h if save else x.new_empty(0))
-
-
-_OP = "clippo::linear"
-
-if HAS_TRITON:
-    @torch.library.triton_op(_OP, mutates_args=())
-    def _linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                   residual: Optional[Tensor], gelu: bool,
-                   save_pre: bool) -> Tuple[Tensor, Tensor]:
-        act = "gelu" if gelu else None
-        if x.device.type != "cuda":  # torch.compile decomposes into this body on any device
-            return linear_cpu(x, weight, bias, residual, act, save_pre)
-        return linear_fwd(x, weight, bias, residual, act, save_pre)
-else:
-    @torch.library.custom_op(_OP, mutates_args=(), device_types="cpu")
-    def _linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                   residual: Optional[Tensor], gelu: bool,
-                   save_pre: bool) -> Tuple[Tensor, Tensor]:
-        raise AssertionError("unreachable: replaced by the CPU kernel below")
-
-    @_linear_op.register_fake
-    def _(x, weight, bias, residual, gelu, save_pre):
-        out_shape = _check(x, weight, bias, residual, "gelu" if gelu else None)
-        return (x.new_empty(out_shape),
-                x.new_empty(out_shape) if save_pre and gelu else x.new_empty(0))
-
-
-torch.library.register_kernel(
-    _OP, "cpu", lambda x, w, b, r, gelu, save: linear_cpu(x, w, b, r, "gelu" if gelu else None,
-                                                           save))
+# --------------------------------------------------------------------------------------------
+# op
+# --------------------------------------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, gelu, save_pre = inputs
+    x, weight, bias, residual, activation, save_pre = inputs
     _, h = output
-    ctx.gelu, ctx.has_bias, ctx.has_res = gelu, bias is not None, residual is not None
+    ctx.gelu = activation == "gelu"
+    ctx.has_bias, ctx.has_res = bias is not None, residual is not None
     ctx.save_for_backward(x, weight, h, bias)
     ctx.mark_non_differentiable(h)
 
@@ -236,7 +208,8 @@ def _backward(ctx, dy, dh_unused):
     return dx, dw, db, dres, None, None
 
 
-torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
+linear_fwd_op = define_op("linear", linear_fwd, linear_ref, backward=_backward,
+                          setup_context=_setup_context)
 
 
 def linear_op(x, weight, bias=None, residual=None, activation=None):
@@ -244,4 +217,4 @@ def linear_op(x, weight, bias=None, residual=None, activation=None):
     pre-activation for the backward only when autograd records this call."""
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, residual))
-    return torch.ops.clippo.linear(x, weight, bias, residual, activation == "gelu", save)[0]
+    return linear_fwd_op(x, weight, bias, residual, activation, save)[0]

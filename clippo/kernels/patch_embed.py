@@ -9,13 +9,13 @@ in-kernel as x / 255 * 2 - 1 (big_vision's value_range(-1, 1)), so the text rend
 never copied. Pixels past the last whole patch (H or W not a multiple of P) are ignored, as
 by a VALID conv.
 
-Output dtype = weight dtype; products in that dtype, accumulation in fp32; bias and position
-embedding are added in fp32 before the one rounding at the store.
+Output dtype = weight dtype; products in that dtype (fp32: TF32 or exact, as torch's conv2d
+is set), accumulation in fp32; bias and position embedding are added in fp32 before the one
+rounding at the store.
 
-Layout: Triton kernels, launchers (`patch_embed_fwd`, `patch_embed_grad_weight`), the torch
-references (`patch_embed_ref`, `patch_embed_grad_weight_ref`) and the custom ops
-`torch.ops.clippo.patch_embed` / `torch.ops.clippo.patch_embed_grad_weight` with autograd and
-a CPU kernel (the references), then `patch_embed()`.
+Layout: the torch references (`patch_embed_ref`, `patch_embed_grad_weight_ref`), the Triton
+kernels, the launchers (`patch_embed_fwd`, `patch_embed_grad_weight`), the ops
+torch.ops.clippo.patch_embed (with autograd) / patch_embed_grad_weight, then `patch_embed_op()`.
 """
 from typing import Optional
 
@@ -23,67 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import (HAS_TRITON, config_kind, dot_precision, gemm_configs, interpret_for,
-                     interpreted, launcher, num_sms, tl, triton, tune_configs)
+from ._backend import HAS_TRITON
+from ._triton import Kernel, define_op, dot_precision, num_sms, tl, triton
+
 if HAS_TRITON:
-    from ._utils import grouped_tile
+    from ._triton import gemm_tile
 
-# --------------------------------------------------------------------------------------------
-# torch references
-# --------------------------------------------------------------------------------------------
-
-
-def _normalise(images, dtype):
-    if images.dtype == torch.uint8:
-        images = images.to(torch.float32) / 255.0 * 2.0 - 1.0
-    return images.to(dtype)
-
-
-def patch_embed_ref(images, weight, bias=None, pos_embed=None):
-    """conv2d reference: [B, C, H, W] (uint8 or float) -> [B, N, D] in weight.dtype."""
-    p = weight.shape[-1]
-    x = F.conv2d(_normalise(images, weight.dtype), weight,
-                 None if bias is None else bias.to(weight.dtype), stride=p)
-    x = x.flatten(2).transpose(1, 2)
-    if pos_embed is not None:
-        x = x + pos_embed.reshape(1, -1, x.shape[-1]).to(x.dtype)
-    return x.contiguous()
-
-
-def _patchify(images, patch, dtype):
-    """[B, C, H, W] -> [B*N, C*P*P] (rows in raster order, columns in conv weight order)."""
-    b, c, h, w = images.shape
-    gh, gw = h // patch, w // patch
-    x = _normalise(images[:, :, :gh * patch, :gw * patch], dtype)
-    x = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b * gh * gw, c * patch * patch)
-
-
-def patch_embed_grad_weight_ref(images, grad_out, patch):
-    """d tokens / d weight: grad_out[B, N, D]^T @ patchify(images) -> [D, C, P, P] (fp32 sum)."""
-    d = grad_out.shape[-1]
-    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    a = _patchify(images, patch, grad_out.dtype).to(acc)
-    gw = grad_out.reshape(-1, d).to(acc).t() @ a
-    return gw.reshape(d, images.shape[1], patch, patch).to(grad_out.dtype)
-
-
-def _grad_images(images, weight, grad_out):
-    """d tokens / d images for float images (torch: one matmul and a fold; rarely needed)."""
-    b, c, h, w = images.shape
-    p, d = weight.shape[-1], weight.shape[0]
-    gh, gw = h // p, w // p
-    ga = grad_out.reshape(-1, d) @ weight.reshape(d, -1).to(grad_out.dtype)
-    ga = ga.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * p, gw * p)
-    return F.pad(ga, (0, w - gw * p, 0, h - gh * p)).to(images.dtype)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks
+# torch references (the ops' CPU kernels)
 # --------------------------------------------------------------------------------------------
 
 
-def _check_args(images, weight, bias, pos_embed):
+def check_args(images, weight, bias, pos_embed, kernel=True):
+    """Validate the arguments, for the Triton kernel or (kernel=False: an fp64 weight too) the
+    reference; returns (B, C, H, W, D, P, N). Raises ValueError naming the issue."""
     if images.dim() != 4:
         raise ValueError(
             f"patch_embed: images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -91,7 +47,7 @@ def _check_args(images, weight, bias, pos_embed):
         raise ValueError(f"patch_embed: images must be uint8 or floating point, got {images.dtype}")
     if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
         raise ValueError(f"patch_embed: weight must be [D, C, P, P], got {tuple(weight.shape)}")
-    if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if weight.dtype not in KERNEL_DTYPES + (() if kernel else (torch.float64,)):
         raise ValueError(f"patch_embed: weight dtype must be fp32/fp16/bf16, got {weight.dtype}")
     d, c, p, _ = weight.shape
     b, ci, h, w = images.shape
@@ -111,20 +67,59 @@ def _check_args(images, weight, bias, pos_embed):
     return b, c, h, w, d, p, n
 
 
+def _normalise(images, dtype):
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32) / 255.0 * 2.0 - 1.0
+    return images.to(dtype)
+
+
+def patch_embed_ref(images, weight, bias=None, pos_embed=None):
+    """conv2d: [B, C, H, W] (uint8 or float) -> [B, N, D] in weight.dtype."""
+    check_args(images, weight, bias, pos_embed, kernel=False)
+    p = weight.shape[-1]
+    x = F.conv2d(_normalise(images, weight.dtype), weight,
+                 None if bias is None else bias.to(weight.dtype), stride=p)
+    x = x.flatten(2).transpose(1, 2)
+    if pos_embed is not None:
+        x = x + pos_embed.reshape(1, -1, x.shape[-1]).to(x.dtype)
+    return x.contiguous()
+
+
+def _patchify(images, patch, dtype):
+    """[B, C, H, W] -> [B*N, C*P*P] (rows in raster order, columns in conv weight order)."""
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = _normalise(images[:, :, :gh * patch, :gw * patch], dtype)
+    x = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * gh * gw, c * patch * patch)
+
+
+def check_grad_weight_args(images, grad_out, patch):
+    """Returns (B, C, H, W, D, N); ValueError unless grad_out is [B, N, D] for these images."""
+    b, c, h, w = images.shape
+    d = grad_out.shape[-1]
+    n = (h // patch) * (w // patch)
+    if tuple(grad_out.shape) != (b, n, d):
+        raise ValueError(f"patch_embed_grad_weight: grad_out must be [{b}, {n}, D], "
+                         f"got {tuple(grad_out.shape)}")
+    return b, c, h, w, d, n
+
+
+def patch_embed_grad_weight_ref(images, grad_out, patch):
+    """d tokens / d weight: grad_out[B, N, D]^T @ patchify(images) -> [D, C, P, P] (fp32 sum;
+    fp64 for fp64 grad_out)."""
+    _, c, _, _, d, _ = check_grad_weight_args(images, grad_out, patch)
+    acc = torch.promote_types(grad_out.dtype, torch.float32)
+    a = _patchify(images, patch, grad_out.dtype).to(acc)
+    gw = grad_out.reshape(-1, d).to(acc).t() @ a
+    return gw.reshape(d, c, patch, patch).to(grad_out.dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # Triton kernels
 # --------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
-    # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first is the default when
-    # autotuning is off. "fp32" (exact products, no tensor cores) needs smaller tiles. Each
-    # compiles for sm_90 without register spills (tests/test_kernel_compile.py, --all).
-    _FWD_CONFIGS = {
-        "half": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
-                 (128, 64, 64, 4, 4)],
-        "fp32": [(64, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)],
-    }
-
     @triton.jit
     def _patch_rows(offs_m, N, GW, P: tl.constexpr, sb, sh, sw):
         """Patch rows (image * N + token, tokens row-major over a GW-wide grid) -> (image,
@@ -149,16 +144,10 @@ if HAS_TRITON:
         M, N, D, K, GW,                     # M = B * N rows, K = C * P * P, GW patches per row
         P: tl.constexpr, IS_UINT8: tl.constexpr, HAS_BIAS: tl.constexpr,
         HAS_POS: tl.constexpr, IN_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
-        pid_m, pid_n = grouped_tile(tl.program_id(0), M, D, BLOCK_M, BLOCK_N, GROUP_M)
-
-        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_m = offs_m < M
-        mask_n = offs_n < D
+        tl.static_assert(BLOCK_K >= 16)
+        offs_m, mask_m, offs_n, mask_n = gemm_tile(M, D, BLOCK_M, BLOCK_N, GROUP_M)
         img, tok, row_off = _patch_rows(offs_m, N, GW, P, sxb, sxh, sxw)
         w_row = offs_n.to(tl.int64) * swd
 
@@ -186,20 +175,6 @@ if HAS_TRITON:
             acc += pos.to(tl.float32)
         o = o_ptr + img[:, None] * sob + tok[:, None] * son + offs_n[None, :] * sod
         tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-    # (BLOCK_D, BLOCK_K, BLOCK_M, num_warps, num_stages)
-    _GW_CONFIGS = {
-        "half": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
-                 (128, 256, 32, 8, 3)],
-        # first: no spills with triton 3.6 either (which spills (64, 64, 32) on uint8 input)
-        "fp32": [(32, 64, 16, 4, 2), (64, 64, 32, 8, 2), (64, 64, 16, 4, 2)],
-    }
-
-    def _gw_configs(kind):
-        return tune_configs([
-            triton.Config({"BLOCK_D": bd, "BLOCK_K": bk, "BLOCK_M": bm},
-                          num_warps=warps, num_stages=stages)
-            for bd, bk, bm, warps, stages in _GW_CONFIGS[kind]])
 
     @triton.jit
     def _patch_embed_grad_weight_kernel(
@@ -242,19 +217,24 @@ if HAS_TRITON:
                + offs_d[:, None].to(tl.int64) * K + offs_k[None, :])
         tl.store(out, acc, mask=mask_d[:, None] & mask_k[None, :])
 
-    _patch_embed_fwd_tuned = {
-        kind: triton.autotune(configs=gemm_configs(_FWD_CONFIGS[kind]),
-                              key=["N", "D", "K", "P", "IS_UINT8"])(
-            _patch_embed_fwd_kernel) for kind in _FWD_CONFIGS}
-    _patch_embed_grad_weight_tuned = {
-        kind: triton.autotune(configs=_gw_configs(kind), key=["D", "K", "P", "IS_UINT8", "CHUNK"])(
-            _patch_embed_grad_weight_kernel) for kind in _GW_CONFIGS}
-
-
-
-# fixed blocks for the CPU interpreter (autotuning there would only cost time)
-_INTERP_FWD = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
-_INTERP_GW = {"BLOCK_D": 32, "BLOCK_K": 32, "BLOCK_M": 32}
+    # Tables: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), then (BLOCK_D, BLOCK_K,
+    # BLOCK_M, ...) for the weight gradient. "fp32" tiles are smaller: fp32 operands need
+    # twice the registers and shared memory. Every row compiles for sm_80 and sm_90 within
+    # shared memory and without register spills (tests/test_kernel_compile.py).
+    _patch_embed_fwd = Kernel(
+        _patch_embed_fwd_kernel, names=("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+        key=["N", "D", "K", "P", "IS_UINT8"],
+        interpret={"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, tables={
+            "half": [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
+                     (128, 64, 64, 4, 4)],
+            "fp32": [(64, 64, 32, 4, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)]})
+    _patch_embed_grad_weight = Kernel(
+        _patch_embed_grad_weight_kernel, names=("BLOCK_D", "BLOCK_K", "BLOCK_M"),
+        key=["D", "K", "P", "IS_UINT8", "CHUNK"],
+        interpret={"BLOCK_D": 32, "BLOCK_K": 32, "BLOCK_M": 32}, tables={
+            "half": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                     (128, 256, 32, 8, 3)],
+            "fp32": [(32, 64, 16, 4, 2), (64, 32, 16, 4, 2), (64, 64, 16, 8, 2)]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,34 +242,30 @@ _INTERP_GW = {"BLOCK_D": 32, "BLOCK_K": 32, "BLOCK_M": 32}
 # --------------------------------------------------------------------------------------------
 
 
-def _dummy(t):
-    return t  # any tensor serves as the pointer of an absent optional input
-
-
-def patch_embed_fwd(images, weight, bias=None, pos_embed=None):
+def patch_embed_fwd(images: Tensor, weight: Tensor, bias: Optional[Tensor],
+                    pos_embed: Optional[Tensor]) -> Tensor:
     """Launch the forward kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
-    b, c, h, w, d, p, n = _check_args(images, weight, bias, pos_embed)
+    b, c, h, w, d, p, n = check_args(images, weight, bias, pos_embed)
     out = torch.empty((b, n, d), device=images.device, dtype=weight.dtype)
     pos = pos_embed.reshape(n, d) if pos_embed is not None else None
-    m, k, gw = b * n, c * p * p, w // p
-    args = (images, *images.stride(), weight, *weight.stride(),
-            _dummy(weight) if bias is None else bias,
-            _dummy(weight) if pos is None else pos, *((0, 0) if pos is None else pos.stride()),
-            out, *out.stride(), m, n, d, k, gw)
-    consts = dict(P=p, IS_UINT8=images.dtype == torch.uint8, HAS_BIAS=bias is not None,
-                  HAS_POS=pos is not None, IN_PRECISION=dot_precision(weight.dtype))
-    if interpret_for(images):
-        grid = (triton.cdiv(m, _INTERP_FWD["BLOCK_M"]) * triton.cdiv(d, _INTERP_FWD["BLOCK_N"]),)
-        interpreted(_patch_embed_fwd_kernel)[grid](*args, **consts, **_INTERP_FWD)
-    else:
-        def grid(meta):
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),)
-        launcher(_patch_embed_fwd_tuned[config_kind(weight.dtype)])[grid](*args, **consts)
+    m, k = b * n, c * p * p
+    # any tensor serves as the pointer of an absent optional input
+    _patch_embed_fwd(
+        lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_N"]),),
+        images, *images.stride(), weight, *weight.stride(), weight if bias is None else bias,
+        weight if pos is None else pos, *((0, 0) if pos is None else pos.stride()),
+        out, *out.stride(), m, n, d, k, w // p,
+        device=images.device, dtype=weight.dtype, rows=m,
+        P=p, IS_UINT8=images.dtype == torch.uint8, HAS_BIAS=bias is not None,
+        HAS_POS=pos is not None, IN_PRECISION=dot_precision(weight.dtype, "conv"), GROUP_M=8)
     return out
 
 
 def _split_rows(m, d, k, device):
-    """Split the M reduction so that about two waves of programs fill the GPU."""
+    """Split the M reduction so that about two waves of programs fill the GPU; the CPU
+    interpreter gets several small splits, to exercise the partial sums."""
+    if device.type == "cpu":
+        return triton.cdiv(m, 64), 64
     tiles = triton.cdiv(d, 128) * triton.cdiv(k, 128)
     sms = num_sms(device.index or 0) if device.type == "cuda" else 4
     split = max(1, min(triton.cdiv(m, 512), triton.cdiv(2 * sms, tiles)))
@@ -297,86 +273,34 @@ def _split_rows(m, d, k, device):
     return triton.cdiv(m, chunk), chunk
 
 
-def patch_embed_grad_weight(images, grad_out, patch):
+def patch_embed_grad_weight(images: Tensor, grad_out: Tensor, patch: int) -> Tensor:
     """d tokens / d weight as [D, C, P, P] in grad_out.dtype (split-M partials, fp32 sum)."""
-    b, c, h, w = images.shape
-    d = grad_out.shape[-1]
-    n = (h // patch) * (w // patch)
-    if tuple(grad_out.shape) != (b, n, d):
-        raise ValueError(f"patch_embed_grad_weight: grad_out must be [{b}, {n}, D], "
-                         f"got {tuple(grad_out.shape)}")
-    m, k, gw = b * n, c * patch * patch, w // patch
-    interp = interpret_for(images)
-    if interp:
-        cfg = _INTERP_GW
-        split, chunk = triton.cdiv(m, 64), 64  # several splits, to exercise the partial sums
-    else:
-        split, chunk = _split_rows(m, d, k, images.device)
+    b, c, h, w, d, n = check_grad_weight_args(images, grad_out, patch)
+    m, k = b * n, c * patch * patch
+    split, chunk = _split_rows(m, d, k, images.device)
     part = torch.empty((split, d, k), device=images.device, dtype=torch.float32)
-    args = (images, *images.stride(), grad_out, *grad_out.stride(), part, m, n, d, k, gw, chunk)
-    consts = dict(P=patch, IS_UINT8=images.dtype == torch.uint8,
-                  IN_PRECISION=dot_precision(grad_out.dtype))
-    if interp:
-        grid = (triton.cdiv(d, cfg["BLOCK_D"]) * triton.cdiv(k, cfg["BLOCK_K"]), split)
-        interpreted(_patch_embed_grad_weight_kernel)[grid](*args, **consts, **cfg)
-    else:
-        def grid(meta):
-            return (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split)
-        kernel = _patch_embed_grad_weight_tuned[config_kind(grad_out.dtype)]
-        launcher(kernel)[grid](*args, **consts)
+    _patch_embed_grad_weight(
+        lambda meta: (triton.cdiv(d, meta["BLOCK_D"]) * triton.cdiv(k, meta["BLOCK_K"]), split),
+        images, *images.stride(), grad_out, *grad_out.stride(), part, m, n, d, k, w // patch,
+        chunk, device=images.device, dtype=grad_out.dtype,
+        P=patch, IS_UINT8=images.dtype == torch.uint8,
+        IN_PRECISION=dot_precision(grad_out.dtype, "conv"))
     return part.sum(0).reshape(d, c, patch, patch).to(grad_out.dtype)
 
 
 # --------------------------------------------------------------------------------------------
-# custom ops
+# ops
 # --------------------------------------------------------------------------------------------
 
-_FWD = "clippo::patch_embed"
 
-
-def _patch_embed_cpu(images, weight, bias, pos_embed):
-    _check_args(images, weight, bias, pos_embed)
-    return patch_embed_ref(images, weight, bias, pos_embed)
-
-_GW = "clippo::patch_embed_grad_weight"
-
-if HAS_TRITON:
-    @torch.library.triton_op(_FWD, mutates_args=())
-    def _patch_embed_op(images: Tensor, weight: Tensor, bias: Optional[Tensor],
-                        pos_embed: Optional[Tensor]) -> Tensor:
-        # torch.compile decomposes a triton_op into this body whatever the device, so the
-        # CPU branch is needed here as well as in the registered CPU kernel
-        if images.device.type != "cuda":
-            return _patch_embed_cpu(images, weight, bias, pos_embed)
-        return patch_embed_fwd(images, weight, bias, pos_embed)
-
-    @torch.library.triton_op(_GW, mutates_args=())
-    def _patch_embed_grad_weight_op(images: Tensor, grad_out: Tensor, patch: int) -> Tensor:
-        if images.device.type != "cuda":
-            return patch_embed_grad_weight_ref(images, grad_out, patch)
-        return patch_embed_grad_weight(images, grad_out, patch)
-else:  # no triton: the ops exist with CPU kernels only
-    @torch.library.custom_op(_FWD, mutates_args=(), device_types="cpu")
-    def _patch_embed_op(images: Tensor, weight: Tensor, bias: Optional[Tensor],
-                        pos_embed: Optional[Tensor]) -> Tensor:
-        raise AssertionError("unreachable: replaced by the CPU kernel below")
-
-    @torch.library.custom_op(_GW, mutates_args=(), device_types="cpu")
-    def _patch_embed_grad_weight_op(images: Tensor, grad_out: Tensor, patch: int) -> Tensor:
-        raise AssertionError("unreachable: replaced by the CPU kernel below")
-
-    @_patch_embed_op.register_fake
-    def _(images, weight, bias, pos_embed):
-        b, c, h, w, d, p, n = _check_args(images, weight, bias, pos_embed)
-        return images.new_empty((b, n, d), dtype=weight.dtype)
-
-    @_patch_embed_grad_weight_op.register_fake
-    def _(images, grad_out, patch):
-        return grad_out.new_empty((grad_out.shape[-1], images.shape[1], patch, patch))
-
-
-torch.library.register_kernel(_FWD, "cpu", _patch_embed_cpu)
-torch.library.register_kernel(_GW, "cpu", patch_embed_grad_weight_ref)
+def _grad_images(images, weight, grad_out):
+    """d tokens / d images for float images (torch: one matmul and a fold; rarely needed)."""
+    b, c, h, w = images.shape
+    p, d = weight.shape[-1], weight.shape[0]
+    gh, gw = h // p, w // p
+    ga = grad_out.reshape(-1, d) @ weight.reshape(d, -1).to(grad_out.dtype)
+    ga = ga.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * p, gw * p)
+    return F.pad(ga, (0, w - gw * p, 0, h - gh * p)).to(images.dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -392,8 +316,7 @@ def _backward(ctx, grad):
     need_x, need_w, need_b, need_pos = ctx.needs_input_grad
     gx = gw = gb = gpos = None
     if need_w:
-        gw = torch.ops.clippo.patch_embed_grad_weight(images, grad, weight.shape[-1])
-        gw = gw.to(weight.dtype)
+        gw = patch_embed_grad_weight_op(images, grad, weight.shape[-1]).to(weight.dtype)
     if need_b and ctx.bias_dtype is not None:
         gb = grad.sum((0, 1), dtype=torch.float32).to(ctx.bias_dtype)
     if need_pos and ctx.pos_shape is not None:
@@ -403,9 +326,7 @@ def _backward(ctx, grad):
     return gx, gw, gb, gpos
 
 
-torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
-
-
-def patch_embed_op(images, weight, bias=None, pos_embed=None):
-    """torch.ops.clippo.patch_embed: Triton on CUDA, the conv2d reference on the CPU."""
-    return torch.ops.clippo.patch_embed(images, weight, bias, pos_embed)
+patch_embed_grad_weight_op = define_op("patch_embed_grad_weight", patch_embed_grad_weight,
+                                       patch_embed_grad_weight_ref)
+patch_embed_op = define_op("patch_embed", patch_embed_fwd, patch_embed_ref,
+                           backward=_backward, setup_context=_setup_context)

@@ -147,13 +147,14 @@ class CLIPPO(nn.Module):
         ztxt = None if texts is None else self.encode_text(texts)
         return zimg, ztxt, self.temperature
 
-    # -- checkpoints (implemented in clippo.convert) --------------------------------------
+    # -- checkpoints (implemented in clippo.convert, which never imports this module) ----
 
     @classmethod
     def from_big_vision(cls, path, *, render=None, pool_type=None, device=None):
         """Load a big_vision CLIPPO .npz; the architecture is read off the array shapes."""
         from clippo import convert
-        return convert.load_big_vision(path, render=render, pool_type=pool_type, device=device)
+        return convert.load_big_vision(path, cls, render=render, pool_type=pool_type,
+                                       device=device)
 
     def to_big_vision(self, path):
         """Write a big_vision-layout .npz (keys params/img/..., params/t)."""
@@ -168,7 +169,7 @@ class CLIPPO(nn.Module):
     @classmethod
     def from_pretrained(cls, directory, device=None):
         from clippo import convert
-        return convert.load_pretrained(directory, device=device)
+        return convert.load_pretrained(directory, cls, device=device)
 
 
 def render_and_encode(model, texts, normalize_output=True):

@@ -11,13 +11,16 @@ Two sources:
   * any TTF/OTF font through FreeType (freetype-py): every glyph rasterised once at a pixel
     size, monochrome or anti-aliased, on a common baseline in cells `font_size` tall.
 
-Atlases are cached in memory (per process) and on disk (FreeType atlases, which are slow to
-build), so creating a renderer the second time costs milliseconds.
+Atlases are cached in memory (per process, keyed by each font file's path, size, mtime and
+inode, so a file replaced or edited in place is read again) and on disk (FreeType atlases,
+which are slow to build, keyed by the font's sha256), so creating a renderer the second time
+costs milliseconds.
 """
 import dataclasses
 import functools
 import gzip
 import hashlib
+import inspect
 import os
 import tempfile
 import zipfile
@@ -58,6 +61,38 @@ class GlyphAtlas:
     def __repr__(self):
         return (f"GlyphAtlas({self.source}, {len(self) - 1} glyphs, "
                 f"{self.cell_height}x{self.cell_width} cells)")
+
+
+def _file_state(path):
+    """What tells one version of a file from the next without reading it; None if missing."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def _cached_by_file_state(maxsize, path_args):
+    """functools.lru_cache whose key also holds the state of the files named by the first
+    `path_args` parameters, so an updated font never serves the atlas of the old file."""
+    def decorate(load):
+        signature = inspect.signature(load)
+
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(args, state):
+            return load(*args)
+
+        @functools.wraps(load)  # wrapper.__wrapped__ is the uncached loader
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()   # f(x, 16) and f(x, font_size=16) share one entry
+            args = tuple(bound.arguments.values())
+            return cached(args, tuple(_file_state(p) for p in args[:path_args]))
+        wrapper.cache_clear = cached.cache_clear
+        return wrapper
+    return decorate
 
 
 def is_hex_font(path):
@@ -146,7 +181,7 @@ def _resize_area(cells, size):
     return out
 
 
-@functools.lru_cache(maxsize=8)
+@_cached_by_file_state(maxsize=8, path_args=2)
 def load_hex_atlas(font, upper_font):
     """Atlas from a BMP .hex file and an optional upper-planes .hex file (16x16 cells)."""
     cmap = np.zeros(NUM_CODE_POINTS, np.int32)
@@ -176,7 +211,7 @@ def _freetype_key(path, font_size, antialias):
     return h.hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=8)
+@_cached_by_file_state(maxsize=8, path_args=1)
 def load_freetype_atlas(font, font_size, antialias=False):
     """Atlas from a TTF/OTF font rendered by FreeType at `font_size` pixels.
 

@@ -63,10 +63,15 @@ def encode_texts(texts, max_chars=None):
     return text, torch.from_numpy(offsets)
 
 
-@functools.lru_cache(maxsize=16)
 def _host_tables(font, upper_font, antialias, cfg):
     """(atlas, cmap, glyph_cols, shaded atlas) as CPU tensors for one font + config."""
-    atlas = atlas_lib.load_atlas(font, upper_font, cfg.font_size, antialias)
+    # load_atlas notices a font file that changed; the tables are then cached per atlas
+    return _tables_for_atlas(atlas_lib.load_atlas(font, upper_font, cfg.font_size, antialias),
+                             cfg)
+
+
+@functools.lru_cache(maxsize=16)
+def _tables_for_atlas(atlas, cfg):
     shaded, cols = atlas_lib.render_tables(atlas, cfg)
     max_width = int((cols >> 16).max())
     if cfg.image_size <= max_width:

@@ -18,7 +18,7 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void rasterize_kernel(const BandArgs args) {
-  __shared__ int32_t colmap[kBandChunk];
+  __shared__ ColumnKey colmap[kBandChunk];
   const Band band = band_of(args, blockIdx.x);
   for (int32_t cx = 0; cx < args.image_size; cx += kBandChunk) {
     const int32_t span = min(kBandChunk, args.image_size - cx);

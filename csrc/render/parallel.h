@@ -6,10 +6,10 @@
 // process drops the parent's pool (its threads do not exist there) and starts a new one.
 // The number of threads follows torch.set_num_threads.
 //
-// Waking a sleeping thread (a futex) costs ~0.1 ms on a VM, as much as laying out a whole
-// batch: so after a job, helpers spin for kSpin before they sleep, and the caller spins for
-// them to finish before it sleeps. Back-to-back jobs (an op's phases, a loop over batches)
-// then pay no wake-up.
+// Waking a sleeping thread (a futex wake and a reschedule) can take as long as laying out a
+// whole batch: so after a job, helpers spin for kSpin before they sleep, and the caller spins
+// for them to finish before it sleeps. Back-to-back jobs (an op's phases, a loop over
+// batches) then pay no wake-up.
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -2,10 +2,16 @@
 // written once for host and device. The CPU `rasterize` op runs it with one "thread", the
 // CUDA kernel with a thread block, so tests of the CPU op exercise the kernel's indexing.
 //
-// Per band, in chunks of kChunk columns: (1) clear a column map, (2) each glyph of the row
-// claims its kept columns (glyph << 8 | column in cell), (3) every pixel of the band is
-// written once, row-major, from the map (background where unclaimed). On a GPU, phase 3's
-// writes are coalesced; the phases are separated by barriers.
+// Per band, in chunks of kBandChunk columns: (1) clear a column map, (2) each glyph of the row
+// claims its kept columns, (3) every pixel of the band is written once, row-major, from the
+// map (background where unclaimed). On a GPU, phase 3's writes are coalesced; the phases are
+// separated by barriers.
+//
+// Glyphs of a row never overlap in a layout from layout_text, but a layout passed to
+// `rasterize` may be malformed. Where glyphs overlap, the one later in the layout wins, as
+// when glyphs are copied in order (render_text): a claim is an atomic max of a key that
+// leads with the glyph's position in the layout, so the result does not depend on the order
+// in which threads run.
 #pragma once
 #include <cstdint>
 
@@ -18,6 +24,24 @@
 namespace clippo {
 
 constexpr int32_t kBandChunk = 1024;  // columns mapped per pass; bounds the map's size
+
+// A column map entry: (layout item + 1) << 32 | glyph << 8 | column in the glyph's cell;
+// 0 means unclaimed. Item indices come from int32 row offsets and glyph ids are < 2^23,
+// so both halves fit.
+using ColumnKey = unsigned long long;
+
+CLIPPO_HD ColumnKey column_key(int64_t item, int32_t glyph, int32_t column) {
+  return static_cast<ColumnKey>(item + 1) << 32 |
+         static_cast<uint32_t>(glyph << 8 | column);
+}
+
+CLIPPO_HD void claim_column(ColumnKey* slot, ColumnKey key) {
+#ifdef __CUDA_ARCH__
+  atomicMax(slot, key);
+#else
+  if (key > *slot) *slot = key;
+#endif
+}
 
 struct BandArgs {
   const int32_t* glyphs;       // [num_items, 2]: glyph, x | y << 16
@@ -48,12 +72,12 @@ CLIPPO_HD Band band_of(const BandArgs& a, int64_t band) {
   return b;
 }
 
-CLIPPO_HD void band_clear(int32_t* colmap, int32_t span, int32_t tid, int32_t nthreads) {
-  for (int32_t i = tid; i < span; i += nthreads) colmap[i] = -1;
+CLIPPO_HD void band_clear(ColumnKey* colmap, int32_t span, int32_t tid, int32_t nthreads) {
+  for (int32_t i = tid; i < span; i += nthreads) colmap[i] = 0;
 }
 
 CLIPPO_HD void band_claim(const BandArgs& a, const Band& b, int32_t cx, int32_t span,
-                          int32_t* colmap, int32_t tid, int32_t nthreads) {
+                          ColumnKey* colmap, int32_t tid, int32_t nthreads) {
   for (int64_t k = b.lo + tid; k < b.hi; k += nthreads) {
     int32_t g = a.glyphs[2 * k];
     if (g < 0 || g >= a.num_glyphs) g = 0;  // a bad id draws the empty glyph
@@ -64,19 +88,20 @@ CLIPPO_HD void band_claim(const BandArgs& a, const Band& b, int32_t cx, int32_t 
     const int32_t width = keep < a.cell_w - first ? keep : a.cell_w - first;
     for (int32_t j = 0; j < width; ++j) {
       const int32_t col = x + j - cx;
-      if (col >= 0 && col < span) colmap[col] = g << 8 | (first + j);
+      if (col >= 0 && col < span) claim_column(&colmap[col], column_key(k, g, first + j));
     }
   }
 }
 
 CLIPPO_HD void band_write(const BandArgs& a, const Band& b, int32_t cx, int32_t span,
-                          const int32_t* colmap, int32_t tid, int32_t nthreads) {
+                          const ColumnKey* colmap, int32_t tid, int32_t nthreads) {
   const int64_t cell_size = static_cast<int64_t>(a.cell_h) * a.cell_w;
   for (int32_t p = tid; p < b.h * span; p += nthreads) {
     const int32_t yy = p / span, xx = p - yy * span;
-    const int32_t m = colmap[xx];
+    const ColumnKey key = colmap[xx];
+    const uint32_t m = static_cast<uint32_t>(key);  // glyph << 8 | column
     b.dst[static_cast<int64_t>(yy) * a.image_size + cx + xx] =
-        m < 0 ? a.background : a.atlas[(m >> 8) * cell_size + yy * a.cell_w + (m & 0xFF)];
+        key == 0 ? a.background : a.atlas[(m >> 8) * cell_size + yy * a.cell_w + (m & 0xFF)];
   }
 }
 

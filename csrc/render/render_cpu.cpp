@@ -240,15 +240,21 @@ at::Tensor rasterize_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets
                       static_cast<int32_t>(num_glyphs), cell_h, cell_w, S,
                       static_cast<int32_t>(rows), static_cast<uint8_t>(background),
                       out.data_ptr<uint8_t>()};
-  // The CUDA kernel's band algorithm, one band at a time with a single "thread".
+  // The CUDA kernel's band algorithm, one band at a time. Claims run as kClaimLanes
+  // interleaved "threads", the last first: an order a GPU may take, in which glyphs that
+  // overlap (a malformed layout) would come out differently if the result depended on the
+  // order of the claims.
+  constexpr int32_t kClaimLanes = 2;
   parallel_for(0, batch * rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> colmap(kBandChunk);
+    std::vector<ColumnKey> colmap(kBandChunk);
     for (int64_t i = begin; i < end; ++i) {
       const Band band = band_of(args, i);
       for (int32_t cx = 0; cx < S; cx += kBandChunk) {
         const int32_t span = std::min(kBandChunk, S - cx);
         band_clear(colmap.data(), span, 0, 1);
-        band_claim(args, band, cx, span, colmap.data(), 0, 1);
+        for (int32_t lane = kClaimLanes - 1; lane >= 0; --lane) {
+          band_claim(args, band, cx, span, colmap.data(), lane, kClaimLanes);
+        }
         band_write(args, band, cx, span, colmap.data(), 0, 1);
       }
     }

@@ -1,10 +1,14 @@
 // C++-level tests of the torch-free layout core (csrc/render/layout.h): UTF-8 decoding and
-// the reference's trimming/wrapping on a tiny hand-made atlas. Built by CMakeLists.txt.
+// the reference's trimming/wrapping on a tiny hand-made atlas; and of the band rasterizer
+// (csrc/render/raster_band.h) under every order of its threads. Built by CMakeLists.txt.
+#include <algorithm>
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
 
 #include "render/layout.h"
+#include "render/raster_band.h"
 
 using namespace clippo;
 
@@ -143,10 +147,52 @@ static void test_word_wrap() {
   EXPECT_EQ(items.size(), 2);
 }
 
+static void test_band_overlap_any_thread_order() {
+  // One 2-pixel-tall band of a 12-pixel-wide image, 3 glyphs of 4x2 cells whose pixel is
+  // 10 * glyph + column, and 5 glyph items that overlap. Each item is claimed by its own
+  // "thread"; in every order of the threads the picture is the glyphs copied in layout
+  // order, later over earlier.
+  const int32_t S = 12, H = 2, W = 4, G = 3;
+  std::vector<uint8_t> atlas(G * H * W);
+  for (int32_t g = 0; g < G; ++g)
+    for (int32_t y = 0; y < H; ++y)
+      for (int32_t x = 0; x < W; ++x) atlas[(g * H + y) * W + x] = static_cast<uint8_t>(10 * g + x);
+  const std::vector<int32_t> cols = {0 | 4 << 16, 1 | 3 << 16, 0 | 4 << 16};  // glyph 1 keeps 1..3
+  const std::vector<int32_t> glyphs = {1, 0, 2, 1, 1, 2, 2, 2, 1, 9};  // (glyph, x) pairs
+  const int32_t n = static_cast<int32_t>(glyphs.size() / 2);
+  const std::vector<int32_t> row_offsets = {0, n};
+  // By hand, items in layout order, later over earlier (B: background):
+  //   (1, 0): x 0..2 = 11 12 13        (2, 1): x 1..4 = 20 21 22 23
+  //   (1, 2): x 2..4 = 11 12 13        (2, 2): x 2..5 = 20 21 22 23      (1, 9): x 9..11
+  const int B = 200;
+  const std::vector<int> want = {11, 20, 20, 21, 22, 23, B, B, B, 11, 12, 13};
+  std::vector<uint8_t> out(S * S);
+  const BandArgs a{glyphs.data(), n, row_offsets.data(), cols.data(), atlas.data(), G, H, W, S,
+                   1, B, out.data()};
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  int orders = 0;
+  do {
+    std::fill(out.begin(), out.end(), 0);
+    std::vector<ColumnKey> colmap(S);
+    const Band b = band_of(a, 0);
+    band_clear(colmap.data(), S, 0, 1);
+    for (int32_t tid : order) band_claim(a, b, 0, S, colmap.data(), tid, n);
+    band_write(a, b, 0, S, colmap.data(), 0, 1);
+    int bad = 0;
+    for (int32_t y = 0; y < H; ++y)
+      for (int32_t x = 0; x < S; ++x) bad += out[y * S + x] != want[x];
+    EXPECT_EQ(bad, 0);
+    ++orders;
+  } while (std::next_permutation(order.begin(), order.end()));
+  EXPECT_EQ(orders, 120);
+}
+
 int main() {
   test_utf8();
   test_layout();
   test_word_wrap();
+  test_band_overlap_any_thread_order();
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }

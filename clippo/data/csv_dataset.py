@@ -1,0 +1,102 @@
+"""Image-text pairs listed in a CSV/TSV file (OpenCLIP's --train-data FILE.csv).
+
+    filepath,title
+    images/0001.jpg,a photo of a cat
+    /data/x/0002.png,"a caption, with a comma"
+
+OpenCLIP's flags map to the arguments: --csv-separator -> sep, --csv-img-key -> img_key,
+--csv-caption-key -> caption_key. Image paths are relative to the CSV file's folder unless
+absolute. The file is parsed once at construction with the csv module (quoted fields may hold
+the separator or newlines); a missing column or a row with the wrong number of fields is a
+ValueError naming the file and line. Samples whose image is missing or undecodable, or whose
+caption is empty, come back as None (skipped and counted by the collate).
+"""
+import csv
+import logging
+import os
+
+from torch.utils.data import Dataset
+
+from clippo.data._strings import StringTable
+from clippo.data.transforms import ImageTransform, load_and_transform
+
+__all__ = ["CsvDataset", "read_csv_pairs"]
+
+log = logging.getLogger("clippo.data")
+
+
+def read_csv_pairs(path, sep=",", img_key="filepath", caption_key="title"):
+    """(image paths, captions) read from a CSV/TSV file with a header row."""
+    path = os.fspath(path)
+    if sep == "\\t":  # `--csv-separator "\t"` arrives from a shell as backslash + t
+        sep = "\t"
+    if len(sep) != 1:
+        raise ValueError(f"{path}: the CSV separator must be one character, got {sep!r}")
+    paths, captions = [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: empty file (a header row naming the columns "
+                                 f"{img_key!r} and {caption_key!r} is needed)")
+            missing = [k for k in (img_key, caption_key) if k not in header]
+            if missing:
+                raise ValueError(
+                    f"{path}:1: missing column(s) {missing} in the header; the columns are "
+                    f"{header} (separator {sep!r}; set --csv-img-key / --csv-caption-key / "
+                    f"--csv-separator)")
+            i_img, i_cap = header.index(img_key), header.index(caption_key)
+            for row in reader:
+                if not row:  # blank line
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(f"{path}:{reader.line_num}: expected {len(header)} "
+                                     f"fields separated by {sep!r}, got {len(row)}")
+                paths.append(row[i_img])
+                captions.append(row[i_cap])
+        except csv.Error as e:
+            raise ValueError(f"{path}:{reader.line_num}: malformed CSV: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text near line {reader.line_num + 1}: "
+                             f"{e}") from e
+    return paths, captions
+
+
+class CsvDataset(Dataset):
+    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or None (skip).
+
+    transform: a callable PIL RGB image -> uint8 tensor; default ImageTransform(image_size)
+    (plain resize to the model's size, as the reference).
+    """
+
+    def __init__(self, path, image_size=224, sep=",", img_key="filepath", caption_key="title",
+                 transform=None):
+        self.path = os.fspath(path)
+        paths, captions = read_csv_pairs(self.path, sep, img_key, caption_key)
+        if not paths:
+            raise ValueError(f"{self.path}: no rows after the header")
+        self.root = os.path.dirname(os.path.abspath(self.path))
+        self._paths = StringTable(paths)
+        self._captions = StringTable(captions)
+        self.transform = transform if transform is not None else ImageTransform(image_size)
+
+    def __len__(self):
+        return len(self._paths)
+
+    def image_path(self, i):
+        p = self._paths[i]
+        return p if os.path.isabs(p) else os.path.join(self.root, p)
+
+    def caption(self, i):
+        return self._captions[i]
+
+    def __getitem__(self, i):
+        caption = self._captions[i].strip()
+        if not caption:
+            log.debug("%s: row %d has an empty caption; skipped", self.path, i)
+            return None
+        image = load_and_transform(self.image_path(i), self.transform)
+        if image is None:
+            return None
+        return image, caption

@@ -1,0 +1,5 @@
+import sys
+
+from clippo.train.main import main
+
+sys.exit(main())

@@ -1,0 +1,257 @@
+"""Command-line flags of `clippo train` (OpenCLIP's names where it has one) and --config files.
+
+A --config file (YAML or JSON) holds an object whose keys are flag names, with dashes or
+underscores ("batch-size" or "batch_size"); its values become the defaults and flags given on
+the command line override them. Unknown keys are an error.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+DATASET_TYPES = ("auto", "csv", "webdataset", "builtin")
+SCHEDULERS = ("cosine", "rsqrt", "const")
+OPTIMIZERS = ("adamw", "adafactor")
+PRECISIONS = ("fp32", "bf16")
+LOSSES = ("softmax", "sigmoid")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _steps_or_fraction(text):
+    """Steps (an integer >= 1, or 0) or a fraction of the run's steps (a number in (0, 1))."""
+    value = _non_negative_float(text)
+    if value >= 1 and value != int(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of steps or a fraction below 1, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    value = _non_negative_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="clippo train",
+        description="Train CLIPPO (one ViT for images and rendered text, contrastive loss). "
+                    "Run with torchrun for data parallelism.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML or JSON file of flag values (flags override it)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", help="a CSV/TSV file, WebDataset shards "
+                   "('dir/{000000..000099}.tar'), or 'builtin' (synthetic scenes)")
+    g.add_argument("--dataset-type", choices=DATASET_TYPES, default="auto")
+    g.add_argument("--train-num-samples", type=_positive_int,
+                   help="samples per epoch (WebDataset: needed for --epochs; builtin: the "
+                        "dataset's size, default 10000)")
+    g.add_argument("--csv-separator", default="\t", help="CSV field separator")
+    g.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths")
+    g.add_argument("--csv-caption-key", default="title", help="CSV column of captions")
+    g.add_argument("--text-pairs", help="text-pair data for next-sentence co-training (a "
+                   "file of sentence pairs, or 'builtin'); rendered on both sides")
+    g.add_argument("--text-pair-fraction", type=_fraction, default=0.25,
+                   help="share of each batch taken by text pairs (with --text-pairs)")
+    g.add_argument("--random-resized-crop", action="store_true",
+                   help="random crops of 90-100%% of the image area (default: plain resize to "
+                        "the model's size, as the reference)")
+    g.add_argument("--workers", type=_non_negative_int, default=4,
+                   help="DataLoader worker processes per rank (they decode images; text is "
+                        "rendered in the step)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="clippo-B-16",
+                   help="a model config name (clippo-B-16), a ViT variant (B/16, Ti/16) or a "
+                        "model-config JSON file")
+    g.add_argument("--pretrained", help="initial weights: a big_vision .npz or a "
+                   "save_pretrained directory")
+    g.add_argument("--image-size", type=_positive_int)
+    g.add_argument("--patch-size", type=_positive_int)
+    g.add_argument("--width", type=_positive_int)
+    g.add_argument("--depth", type=_positive_int)
+    g.add_argument("--heads", type=_positive_int)
+    g.add_argument("--mlp-dim", type=_positive_int)
+    g.add_argument("--out-dim", type=_positive_int)
+    g.add_argument("--loss", choices=LOSSES, default="softmax",
+                   help="softmax (CLIPPO's) or sigmoid (SigLIP's, with a learned bias)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="per process")
+    g.add_argument("--accum-freq", type=_positive_int, default=1,
+                   help="split each batch into this many micro-batches (the loss stays over "
+                        "the whole batch, as open_clip's --accum-freq)")
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=_positive_int, help="optimizer steps to train")
+    steps.add_argument("--epochs", type=_non_negative_float,
+                       help="passes over the data (default 1 when --steps is not given)")
+    g.add_argument("--lr", type=_non_negative_float, default=5e-4, help="peak learning rate")
+    g.add_argument("--wd", type=_non_negative_float, default=0.1,
+                   help="decoupled weight decay as torch's AdamW takes it (scaled by the "
+                        "learning rate), on the Dense/Conv kernels only")
+    g.add_argument("--beta1", type=_non_negative_float, default=0.9)
+    g.add_argument("--beta2", type=_non_negative_float, default=0.98)
+    g.add_argument("--eps", type=_non_negative_float, default=1e-6)
+    g.add_argument("--warmup", type=_steps_or_fraction, default=0.1,
+                   help="linear warm-up: steps, or a fraction (< 1) of all steps")
+    g.add_argument("--lr-scheduler", choices=SCHEDULERS, default="cosine")
+    g.add_argument("--cooldown", type=_steps_or_fraction, default=0,
+                   help="linear cool-down to 0 over the last steps (steps or a fraction); "
+                        "the reference's rsqrt recipe uses 0.1")
+    g.add_argument("--timescale", type=_positive_int,
+                   help="rsqrt timescale in steps (default: the warm-up, or 10000 without one)")
+    g.add_argument("--lr-end", type=_non_negative_float, default=0.0,
+                   help="the cosine schedule's final learning rate")
+    g.add_argument("--opt", choices=OPTIMIZERS, default="adamw",
+                   help="adamw or adafactor (torch.optim.Adafactor: --lr caps its relative "
+                        "step size)")
+    g.add_argument("--grad-clip-norm", type=_non_negative_float, default=1.0,
+                   help="clip the global gradient norm (0: off)")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="bf16: autocast with fp32 weights (default on CUDA); fp32 (default on "
+                        "the CPU)")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each transformer block in the backward pass")
+    g.add_argument("--torchcompile", action="store_true", help="torch.compile the ViT")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default="clippo-train", help="run directory")
+    g.add_argument("--log-every", type=_positive_int, default=10,
+                   help="steps between lines of metrics.jsonl")
+    g.add_argument("--save-every", type=_non_negative_int, default=1000,
+                   help="steps between checkpoints (0: only at the end)")
+    g.add_argument("--keep", type=_non_negative_int, default=0,
+                   help="checkpoints to keep (0: all)")
+    g.add_argument("--resume", help="'latest' (the newest complete checkpoint in "
+                   "OUTPUT/checkpoints) or a checkpoint file")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("devices")
+    g.add_argument("--device", help="cuda or cpu (default: cuda when available); under "
+                   "torchrun each rank takes cuda:LOCAL_RANK")
+    g.add_argument("--dist-backend", help="torch.distributed backend (default: nccl on CUDA, "
+                   "gloo on the CPU)")
+    return p
+
+
+def _load_config(path):
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot read --config {path}: {e.strerror or e}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    else:
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ValueError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
+    return data
+
+
+def _config_defaults(parser, config, path):
+    """Convert and check a config mapping against the parser's actions -> {dest: value}."""
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    out, unknown = {}, []
+    for key, value in config.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            unknown.append(str(key))
+            continue
+        if value is None:
+            out[dest] = None
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
+            out[dest] = value
+            continue
+        text = str(value)
+        if action.type is not None:
+            try:
+                value = action.type(text)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                parser.error(f"--config {path}: {key}: {e}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"--config {path}: {key} must be one of {list(action.choices)}, "
+                         f"got {value!r}")
+        out[dest] = value
+    if unknown:
+        known = sorted(k.replace("_", "-") for k in actions)
+        parser.error(f"--config {path}: unknown keys {unknown}; known: {', '.join(known)}")
+    return out
+
+
+def parse_args(argv=None):
+    """Parse flags (and a --config file under them); returns an argparse.Namespace."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        try:
+            config = _load_config(first.config)
+        except ValueError as e:
+            parser.error(str(e))
+        defaults = _config_defaults(parser, config, first.config)
+        if defaults.get("steps") is not None and defaults.get("epochs") is not None:
+            parser.error(f"--config {first.config}: give steps or epochs, not both")
+        parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    # a config's steps/epochs gives way to the other one given on the command line
+    if args.steps is not None and args.epochs is not None:
+        given = argv if argv is not None else sys.argv[1:]
+        if any(a.startswith("--steps") for a in given):
+            args.epochs = None
+        elif any(a.startswith("--epochs") for a in given):
+            args.steps = None
+        else:
+            parser.error("give --steps or --epochs, not both")
+    if args.train_data is None:
+        parser.error("--train-data is required (a CSV, WebDataset shards, or 'builtin')")
+    if args.beta1 >= 1 or args.beta2 >= 1:
+        parser.error("--beta1 and --beta2 must be below 1")
+    return args
