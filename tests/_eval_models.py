@@ -61,8 +61,11 @@ def train(recipe=RECIPE):
 
 def trained_model_dir(cache_root, recipe=RECIPE):
     """A save_pretrained directory of the trained model, trained on first use and kept under
-    cache_root (keyed by the recipe, so a changed recipe trains afresh)."""
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    cache_root (keyed by the recipe and the built-in data's source)."""
+    from clippo.data import builtin
+    # the recipe and the data it trains on: a changed built-in dataset trains afresh too
+    data_source = Path(builtin.__file__).read_bytes()
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode() + data_source).hexdigest()[:12]
     target = Path(cache_root) / f"tiny-clippo-{key}"
     if (target / "config.json").exists():
         return target

@@ -24,7 +24,7 @@ def model_dir(request):
 
 def _image_folder(root, n=64):
     """The built-in zero-shot images as PNG files in an ImageFolder tree."""
-    ds, classes, _ = BI.zeroshot(64, num_samples=n)
+    ds, classes, _ = BI.zeroshot_task(64, num_samples=n)
     for i in range(len(ds)):
         img, label, _ = ds[i]
         d = root / classes[label].replace(" ", "_")

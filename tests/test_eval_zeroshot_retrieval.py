@@ -39,10 +39,17 @@ def test_zero_shot_classifier_matches_one_prompt_at_a_time(tiny):
                                               for t in templates]).mean(0)) for n in names], 1)
     assert w.shape == (16, 3)
     torch.testing.assert_close(w.double(), ref, atol=1e-5, rtol=1e-5)
+    # per-class prompts (CLIP_benchmark's dict form), of different numbers per class
+    prompts = {"a": ["a red circle", "a red star", "a red ring"], "b": ["a blue cross"]}
+    w = zero_shot_classifier(tiny, ["b", "a"], prompts)
+    with torch.no_grad():
+        ref = torch.stack([_norm(torch.stack([_norm(tiny.encode_text([t])[0].double())
+                                              for t in prompts[n]]).mean(0)) for n in "ba"], 1)
+    torch.testing.assert_close(w.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_evaluate_zeroshot_matches_manual_argmax(tiny):
-    ds, names, templates = BI.zeroshot(32, num_samples=48)
+    ds, names, templates = BI.zeroshot_task(32, num_samples=48)
     out = evaluate_zeroshot(tiny, ds, names, templates, batch_size=10)
     w = zero_shot_classifier(tiny, names, templates).double()
     with torch.no_grad():
@@ -57,7 +64,7 @@ def test_evaluate_zeroshot_matches_manual_argmax(tiny):
 
 def test_cached_classifier_renders_no_prompt_again(tiny, monkeypatch):
     import clippo.eval.zeroshot as Z
-    ds, names, templates = BI.zeroshot(32, num_samples=16)
+    ds, names, templates = BI.zeroshot_task(32, num_samples=16)
     w = zero_shot_classifier(tiny, names, templates)
     want = evaluate_zeroshot(tiny, ds, names, templates)
 
@@ -69,7 +76,8 @@ def test_cached_classifier_renders_no_prompt_again(tiny, monkeypatch):
 
 
 def test_evaluate_retrieval_matches_brute_force(tiny):
-    ds = BI.retrieval(32)
+    task = BI.retrieval_task(32)
+    ds = CaptionedImages(zip(task["images"], task["captions"]), 32)
     out = evaluate_retrieval(tiny, ds, ks=(1, 5, 10), batch_size=20)
     with torch.no_grad():
         zimg = torch.stack([tiny.encode_image(ds[i][0][None])[0] for i in range(len(ds))])
@@ -86,7 +94,7 @@ def test_evaluate_retrieval_matches_brute_force(tiny):
                        for i in range(s.shape[0])])
         assert out[f"image_retrieval_recall@{k}"] == pytest.approx(t2i)
         assert out[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
-    assert out["num_images"] == 64 and out["num_texts"] == 128
+    assert out["num_images"] == 96 and out["num_texts"] == 192
 
 
 def test_retrieval_leaves_out_undecodable_images_with_their_captions(tiny, tmp_path):
@@ -147,4 +155,19 @@ def test_clippo_command_forwards_to_eval(tiny, tmp_path):
     res = json.loads(out.read_text())
     assert rc == 0 and res["task"] == "zeroshot_retrieval"
     assert set(res["metrics"]) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
-    assert res["chance"]["image_retrieval_recall@1"] == pytest.approx(1 / 64)
+    assert res["chance"]["image_retrieval_recall@1"] == pytest.approx(1 / 96)
+
+
+def test_builtin_runners(tiny):
+    """The built-in tasks as `clippo demo` calls them."""
+    zs = BI.zeroshot(tiny, image_size=32, num_samples=32)
+    assert zs["num_classes"] == 16 and zs["chance"]["acc1"] == pytest.approx(1 / 16)
+    assert zs["metrics"]["num_samples"] == 32 and 0 <= zs["metrics"]["acc1"] <= 1
+    task = BI.retrieval_task(image_size=32)
+    assert task["images"].shape == (96, 3, 32, 32) and len(task["texts"]) == 96
+    assert len(set(task["texts"])) == 96  # captions unique in the gallery
+    ret = BI.retrieval(tiny, task=task)
+    assert ret["num_images"] == 96 and ret["num_texts"] == 192
+    assert set(ret["metrics"]) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
+    ml = BI.multilingual(tiny, image_size=32, ks=(1,))
+    assert set(ml["metrics"]["per_language"]) == {"en", "de", "ru", "zh"}

@@ -220,19 +220,21 @@ def run_zeroshot(args, model=None, precision=None, name=None):
     if model is None:
         model, precision, name = _setup(args)
     if args.data == BUILTIN:
-        ds, classes, templates = BI.zeroshot(model.img.image_size)
-        templates = args.templates or templates
-        chance = {"acc1": 1 / len(classes), "acc5": min(5, len(classes)) / len(classes),
-                  "mean_per_class_recall": 1 / len(classes)}
+        ds, classes, prompts = BI.zeroshot_task(model.img.image_size)
+        templates = args.templates or prompts
+        n = len(classes)
+        chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n}
     else:
         ds, classes = _classification_data(args, args.data, model, args.classnames)
         templates, chance = args.templates or "clip", None
     m = evaluate_zeroshot(model, ds, classes, templates, canonicalize=not args.no_canonicalize,
                           ties=args.ties, **_kw(args, precision))
     skipped = m.pop("skipped")
+    shown = templates if isinstance(templates, str) else (
+        "per-class prompts" if isinstance(templates, dict) else list(templates))
     res = result("zeroshot_classification", args.data, name, m, len(skipped),
-                 num_classes=len(classes), templates=templates if isinstance(templates, str)
-                 else list(templates), skipped_files=_skipped_files(ds, skipped))
+                 num_classes=len(classes), templates=shown,
+                 skipped_files=_skipped_files(ds, skipped))
     if chance:
         res["chance"] = chance
     return res
@@ -246,12 +248,9 @@ def run_retrieval(args, model=None, precision=None, name=None):
     ks = tuple(args.recall_k)
     chance = None
     if args.data == BUILTIN:
-        ds = BI.retrieval(model.img.image_size)
-        chance = {}
-        for k in ks:
-            t2i, i2t = BI.retrieval_chance(len(ds), 2, k)
-            chance[f"image_retrieval_recall@{k}"] = t2i
-            chance[f"text_retrieval_recall@{k}"] = i2t
+        task = BI.retrieval_task(model.img.image_size)
+        ds = CaptionedImages(zip(task["images"], task["captions"]), model.img.image_size)
+        chance = BI.chance_table(len(ds), 2, ks)
     elif str(args.data).lower().endswith(".json"):
         ds = CaptionedImages(read_karpathy_json(args.data, args.split, args.image_root),
                              model.img.image_size)
@@ -276,13 +275,10 @@ def run_multilingual(args, model=None, precision=None, name=None):
     ks = tuple(args.recall_k)
     chance = None
     if args.data == BUILTIN:
-        ds, languages = BI.multilingual(model.img.image_size)
-        languages = args.languages or languages
-        chance = {}
-        for k in ks:
-            t2i, i2t = BI.retrieval_chance(len(ds), 1, k)
-            chance[f"image_retrieval_recall@{k}"] = t2i
-            chance[f"text_retrieval_recall@{k}"] = i2t
+        task = BI.multilingual_task(model.img.image_size)
+        ds = CaptionedImages(zip(task["images"], task["captions"]), model.img.image_size)
+        languages = args.languages or task["languages"]
+        chance = BI.chance_table(len(ds), 1, ks)
     else:
         pairs, languages = read_xm3600(args.data, args.image_root, args.languages)
         ds = CaptionedImages(pairs, model.img.image_size)
@@ -329,7 +325,7 @@ def run_nlu(args, model=None, precision=None, name=None):
         kw["batch_size"] = args.batch_size
     chance = None
     if args.data == BUILTIN:
-        tasks = BI.nlu()
+        tasks = BI.nlu_tasks()
         chosen = [args.glue_task] if args.glue_task else list(tasks)
         unknown = [t for t in chosen if t not in tasks]
         if unknown:
@@ -337,10 +333,7 @@ def run_nlu(args, model=None, precision=None, name=None):
                              f"{list(tasks)}")
         metrics = {t: evaluate_nlu(model, tasks[t][0], tasks[t][1], tasks[t][2], **kw)
                    for t in chosen}
-        chance = {"colour": {"accuracy": 1 / 8, "matthews_corrcoef": 0.0},
-                  "same": {"accuracy": 0.5, "f1": 0.5},
-                  "similarity": {"pearson": 0.0, "spearmanr": 0.0}}
-        chance = {t: chance[t] for t in chosen}
+        chance = {t: BI.NLU_CHANCE[t] for t in chosen}
     else:
         task = _glue_task(args)
         train = args.train or str(Path(args.data) / "train.tsv")
@@ -360,7 +353,7 @@ def run_vqa(args, model=None, precision=None, name=None):
         model, precision, name = _setup(args)
     chance = None
     if args.data == BUILTIN:
-        train, test = BI.vqa(model.img.image_size)
+        train, test = BI.vqa_task(model.img.image_size)
         chance = {"vqa_accuracy": BI.vqa_chance(test)}
     else:
         if not args.train_data:
@@ -388,7 +381,7 @@ def run_fewshot(args, model=None, precision=None, name=None):
         model, precision, name = _setup(args)
     chance = None
     if args.data == BUILTIN:
-        train, test, classes = BI.fewshot(model.img.image_size)
+        train, test, classes = BI.fewshot_task(model.img.image_size)
         chance = {f"acc1_{k}shot": 1 / len(classes) for k in args.shots}
     else:
         if not args.train:

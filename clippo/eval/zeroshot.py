@@ -12,10 +12,22 @@ from clippo.eval import metrics as M
 from clippo.eval.common import encode_images, encode_texts
 from clippo.eval.data import loader
 from clippo.eval.templates import canonical_class_names, canonical_templates, load_templates
+from clippo.eval.templates import canonicalize as canonicalize_text
 
 
 def class_prompts(classnames, templates="clip", canonicalize=True):
-    """[[prompt per template] per class]."""
+    """[[prompts] per class]. templates: a template set or list ("{}" marks the class name),
+    or, as CLIP_benchmark allows, a dict {class name: [its own prompts]}."""
+    if isinstance(templates, dict):
+        missing = [c for c in classnames if c not in templates]
+        if missing:
+            raise ValueError(f"no prompts for classes {missing[:5]}")
+        prompts = [list(templates[c]) for c in classnames]
+        if any(not p for p in prompts):
+            raise ValueError("every class needs at least one prompt")
+        if canonicalize:
+            prompts = [[canonicalize_text(t) for t in p] for p in prompts]
+        return prompts
     templates = load_templates(templates)
     if canonicalize:
         classnames = canonical_class_names(classnames)
@@ -31,12 +43,14 @@ def zero_shot_classifier(model, classnames, templates="clip", *, canonicalize=Tr
     prompts = class_prompts(classnames, templates, canonicalize)
     if not prompts:
         raise ValueError("zero-shot classification needs at least one class")
-    per_class = len(prompts[0])
     flat = [p for ps in prompts for p in ps]
     z = encode_texts(model, flat, batch_size=batch_size, precision=precision,
                      progress=progress, desc="class prompts")
-    z = torch.nn.functional.normalize(z.double(), dim=-1).view(len(prompts), per_class, -1)
-    w = torch.nn.functional.normalize(z.mean(1), dim=-1)
+    z = torch.nn.functional.normalize(z.double(), dim=-1)
+    owner = torch.repeat_interleave(torch.arange(len(prompts)),
+                                    torch.tensor([len(p) for p in prompts]))
+    mean = torch.zeros(len(prompts), z.shape[1], dtype=z.dtype).index_add_(0, owner, z)
+    w = torch.nn.functional.normalize(mean, dim=-1)  # the mean's direction
     return w.t().float().to(model.device)
 
 
