@@ -10,7 +10,7 @@ from clippo.eval import metrics as M
 from clippo.eval.fewshot import fewshot_accuracy
 from clippo.eval.probe import RIDGE_BIAS, RidgeClassifier
 from clippo.eval.templates import (CLIP_IMAGENET_TEMPLATES, TEMPLATE_SETS, canonicalize,
-                                   load_templates)
+                                   load_class_prompts, load_templates)
 
 
 # -- classification ----------------------------------------------------------------------------
@@ -266,3 +266,15 @@ def test_templates_and_canonicalisation(tmp_path):
     f.write_text("a {} here\nno placeholder\n")
     with pytest.raises(ValueError, match=r"t\.txt:2: .*no '\{\}'"):
         load_templates(str(f))
+
+
+def test_class_prompts_file(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text('{"cat": ["a cat", "a kitten"], "dog": ["a dog"]}')
+    assert load_class_prompts(f) == {"cat": ["a cat", "a kitten"], "dog": ["a dog"]}
+    f.write_text('{"cat": ["a cat"],\n "dog": []}')
+    with pytest.raises(ValueError, match="class 'dog': expected a non-empty list"):
+        load_class_prompts(f)
+    f.write_text('{"cat": ["a cat"],\n "dog" ["a dog"]}')
+    with pytest.raises(ValueError, match=r"p\.json:2: invalid JSON"):
+        load_class_prompts(f)

@@ -24,6 +24,7 @@ from clippo.eval import builtin as BI
 from clippo.eval.common import (PRECISIONS, flatten, load_model, metrics_table, result, table,
                                 write_json)
 from clippo.eval.metrics import TIES
+from clippo.eval.templates import load_class_prompts
 
 BUILTIN = "builtin"
 
@@ -84,8 +85,8 @@ def build_parser():
     p.add_argument("--classnames", help="class names, one per line (default: the folder "
                    "names, or the CSV's distinct labels)")
     p.add_argument("--templates", default=None, help="clip (the CLIP paper's 80 + '{}', "
-                   "default), short (CLIP's best 7 + '{}'), name ('{}'), or a file with one "
-                   "template per line")
+                   "default), short (CLIP's best 7 + '{}'), name ('{}'), a file with one "
+                   "template per line, or a .json {class name: [prompts]} (per-class prompts)")
     p.add_argument("--no-canonicalize", action="store_true", help="use class names and "
                    "templates as given (default: lower case, punctuation removed, as the "
                    "reference)")
@@ -227,6 +228,8 @@ def run_zeroshot(args, model=None, precision=None, name=None):
     else:
         ds, classes = _classification_data(args, args.data, model, args.classnames)
         templates, chance = args.templates or "clip", None
+    if isinstance(templates, str) and templates.lower().endswith(".json"):
+        templates = load_class_prompts(templates)
     m = evaluate_zeroshot(model, ds, classes, templates, canonicalize=not args.no_canonicalize,
                           ties=args.ties, **_kw(args, precision))
     skipped = m.pop("skipped")

@@ -98,3 +98,24 @@ def load_templates(spec):
         raise ValueError(f"{spec}: no templates (expected one per line, or one of "
                          f"{sorted(TEMPLATE_SETS)})")
     return templates
+
+
+def load_class_prompts(path):
+    """Per-class prompts from a JSON object {class name: [prompts]} (CLIP_benchmark's custom
+    template file, CuPL's format)."""
+    import json
+    from clippo.eval.data import DataFormatError
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") \
+            from None
+    if not isinstance(prompts, dict) or not prompts:
+        raise DataFormatError(path, 1, "expected a JSON object {class name: [prompts]}")
+    for name, value in prompts.items():
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, str) and v.strip() for v in value):
+            raise DataFormatError(path, None, f"class {name!r}: expected a non-empty list of "
+                                  f"prompt strings")
+    return prompts
