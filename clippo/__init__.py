@@ -6,6 +6,7 @@ One ViT encodes photos and text rendered as images. Public API:
     clippo.CLIPPO, clippo.create_model          the one-tower model, big_vision checkpoints
     clippo.render_and_encode                    strings -> embeddings, the training fast path
     clippo.ClipLoss                             the symmetric contrastive loss
+    clippo.open_clip_interface                  (model, preprocess, tokenizer), open_clip style
 
 Names resolve lazily so `import clippo` stays cheap (no triton import until a kernel runs).
 """
@@ -22,6 +23,7 @@ _EXPORTS = {
     "list_models": "clippo.factory",
     "render_and_encode": "clippo.model.clippo",
     "ClipLoss": "clippo.loss",
+    "open_clip_interface": "clippo.eval.interface",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -99,6 +99,11 @@ def cmd_train(args, rest):
     return train.main(rest)
 
 
+def cmd_eval(args, rest):
+    from clippo.eval.main import main as eval_main
+    return eval_main(rest)
+
+
 def cmd_demo(args):
     from clippo import demo
     return demo.main(args)
@@ -124,6 +129,9 @@ def main(argv=None):
     sub.add_parser("convert", help="convert a big_vision .npz checkpoint (clippo convert -h)",
                    add_help=False)
 
+    sub.add_parser("eval", help="evaluation suite: zeroshot, retrieval, multilingual, nlu, "
+                   "vqa, fewshot, all (clippo eval -h)", add_help=False)
+
     sub.add_parser("train", help="train CLIPPO (clippo train -h)", add_help=False)
 
     p = sub.add_parser("demo", help="train a small CLIPPO on built-in data and evaluate it")
@@ -144,6 +152,8 @@ def main(argv=None):
     try:
         if args.command == "convert":
             return cmd_convert(args, rest)
+        if args.command == "eval":
+            return cmd_eval(args, rest)
         if args.command == "train":
             return cmd_train(args, rest)
         if rest:

@@ -120,6 +120,27 @@ class CLIPPO(nn.Module):
             return self.encode_image(texts, normalize_output)
         return render_and_encode(self, texts, normalize_output)
 
+    @torch.no_grad()
+    def encode(self, sentences, batch_size=32, convert_to_numpy=True, convert_to_tensor=False,
+               normalize_embeddings=True, show_progress_bar=False):
+        """Sentence embeddings in sentence-transformers' style: a string -> [out_dim], a list
+        -> [N, out_dim], numpy float32 (a CPU tensor with convert_to_numpy=False, or a tensor on
+        the model's device with convert_to_tensor=True), rendered and encoded batch_size at a
+        time. Normalised unless normalize_embeddings=False (CLIPPO's embeddings are)."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from tqdm import tqdm
+        starts = range(0, len(texts), batch_size)
+        out = [self.encode_text(texts[s:s + batch_size], normalize_embeddings).float()
+               for s in tqdm(starts, disable=not show_progress_bar, desc="encode")]
+        z = torch.cat(out) if out else torch.zeros(0, self.img.num_classes, device=self.device)
+        z = z[0] if single else z
+        if convert_to_tensor:
+            return z
+        return z.cpu().numpy() if convert_to_numpy else z.cpu()
+
     def forward(self, images=None, texts=None):
         """Returns (zimg, ztxt, logit_scale); an input that is None gives None."""
         zimg = None if images is None else self.encode_image(images)

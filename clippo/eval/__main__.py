@@ -1,0 +1,5 @@
+import sys
+
+from clippo.eval.main import main
+
+sys.exit(main())

@@ -1,0 +1,598 @@
+"""Readers for evaluation data on the user's disk, and the batching shared by every task.
+
+Formats: ImageFolder directories, OpenCLIP-style CSV/TSV, Karpathy-split JSON (COCO,
+Flickr30k), Crossmodal-3600 JSONL, GLUE TSV and VQAv2 JSON. A malformed file raises
+`DataFormatError` naming the file and line; an image that cannot be read or decoded is
+skipped and counted (never fatal).
+
+Datasets here yield `(image, target, index)`: image a uint8 tensor [3, S, S] (resized to the
+model's input size, as the reference's `resize(S)`: no crop, aspect not kept) or None when the
+file could not be decoded; `collate` drops those and counts them.
+"""
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif")
+
+
+class DataFormatError(ValueError):
+    """A malformed dataset file: `path`, `line` (1-based, None when unknown) and the message."""
+
+    def __init__(self, path, line, message):
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def load_image(path, image_size):
+    """uint8 [3, S, S] from an image file, or None when it cannot be read or decoded."""
+    from PIL import Image
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[::-1]
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != size:
+                im = im.resize(size, Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception:  # any decoder failure (truncated, not an image, decompression bomb...)
+        return None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def as_image(image, image_size):
+    """A dataset's image (path, uint8 tensor [3,S,S] or [S,S,3] array, PIL image) -> uint8
+    [3, S, S] at the model's size, or None if it cannot be decoded."""
+    if image is None:
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, image_size)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+        if image.dim() == 3 and image.shape[-1] == 3:
+            image = image.permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):  # a PIL image
+        from PIL import Image
+        if isinstance(image, Image.Image):
+            arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        else:
+            raise TypeError(f"unsupported image type {type(image).__name__}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if tuple(image.shape[-2:]) != size:
+        image = resize_uint8(image, size)
+    return image.contiguous()
+
+
+def resize_uint8(image, size):
+    """Bilinear resize of a uint8 [3, H, W] (or [B, 3, H, W]) tensor, rounded back to uint8."""
+    batched = image.dim() == 4
+    x = (image if batched else image[None]).float()
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                        antialias=True)
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x if batched else x[0]
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image, target) pairs -> (uint8 [3,S,S] or None, target, index). images: paths, uint8
+    tensors/arrays or PIL images. A worker only decodes; nothing is rendered here."""
+
+    def __init__(self, images, targets, image_size):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images for {len(targets)} targets")
+        self.images, self.targets, self.image_size = list(images), list(targets), image_size
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return as_image(self.images[i], self.image_size), self.targets[i], i
+
+
+def collate(items):
+    """-> {"images": uint8 [B,3,S,S] or None, "targets": [...], "indices": [...],
+    "skipped": [indices of undecodable images]}."""
+    kept = [it for it in items if it[0] is not None]
+    return {"images": torch.stack([it[0] for it in kept]) if kept else None,
+            "targets": [it[1] for it in kept], "indices": [it[2] for it in kept],
+            "skipped": [it[2] for it in items if it[0] is None]}
+
+
+def loader(dataset, batch_size=64, num_workers=0):
+    """A DataLoader in dataset order over `ImageDataset`-style items, batched by `collate`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                       num_workers=num_workers, collate_fn=collate,
+                                       persistent_workers=False)
+
+
+# -- text files ----------------------------------------------------------------------------------
+
+def read_text_lines(path, keep_newline=False):
+    """(line number, line) of a UTF-8 file, without its newline unless keep_newline; bad UTF-8
+    names its line."""
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(path, lineno, f"not UTF-8 ({e.reason} at byte "
+                                          f"{e.start})") from None
+                if lineno == 1:
+                    text = text.lstrip("\ufeff")
+                yield lineno, (text if keep_newline else text.rstrip("\r\n"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+
+
+def read_classnames(path):
+    """One class name per line (blank lines ignored)."""
+    names = [line.strip() for _, line in read_text_lines(path) if line.strip()]
+    if not names:
+        raise DataFormatError(path, None, "no class names (expected one per line)")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataFormatError(path, None, f"duplicate class names {dup[:5]}")
+    return names
+
+
+def _csv_rows(path, sep=None, quoting=csv.QUOTE_MINIMAL, header=True):
+    """(line number, {column: value} or [values]) rows of a CSV/TSV file; the header is line 1.
+
+    sep: None picks a tab for .tsv files and a comma otherwise. Rows with more or fewer fields
+    than the header raise DataFormatError naming the line.
+    """
+    if sep is None:
+        sep = "\t" if str(path).lower().endswith(".tsv") else ","
+    lines = (line for _, line in read_text_lines(path, keep_newline=True))
+    reader = csv.reader(lines, delimiter=sep, quoting=quoting, strict=True)
+    columns = None
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if header and columns is None:
+                columns = [c.strip() for c in row]
+                if len(set(columns)) != len(columns):
+                    raise DataFormatError(path, lineno, f"duplicate column names {columns}")
+                continue
+            if columns is not None and len(row) != len(columns):
+                raise DataFormatError(path, lineno, f"{len(row)} fields, the header has "
+                                      f"{len(columns)} ({sep!r}-separated)")
+            yield lineno, (dict(zip(columns, row)) if columns is not None else row)
+    except csv.Error as e:
+        raise DataFormatError(path, reader.line_num, f"bad CSV ({e})") from None
+    if header and columns is None:
+        raise DataFormatError(path, None, "empty file (expected a header line)")
+
+
+def _need_columns(path, row_keys, keys, flags):
+    missing = [k for k in keys if k not in row_keys]
+    if missing:
+        hint = ", ".join(f"{flag} {k!r}" for k, flag in zip(keys, flags) if k in missing)
+        raise DataFormatError(path, 1, f"no column {missing[0]!r} in the header {list(row_keys)} "
+                              f"(set {hint})")
+
+
+def _resolve(root, name):
+    p = Path(name)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def read_image_folder(root):
+    """ImageFolder layout root/<class>/**/<image>: (class names, [(path, label)]).
+
+    Classes are the subfolders holding at least one image file, in sorted order; the class name
+    is the folder name with underscores as spaces.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such directory: {root}")
+    folders, samples = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(str(Path(dirpath) / f) for dirpath, _, names in os.walk(d)
+                       for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+        if files:
+            samples += [(f, len(folders)) for f in files]
+            folders.append(d.name)
+    if not folders:
+        raise DataFormatError(root, None, "no class folders with images (ImageFolder layout: "
+                              "DIR/<class>/<image>)")
+    return [f.replace("_", " ") for f in folders], samples
+
+
+def read_classification_csv(path, img_key="filepath", label_key="label", sep=None,
+                            classnames=None, image_root=None):
+    """OpenCLIP-style CSV: (class names, [(image path, label)]).
+
+    The label column holds a class index into `classnames` or a class name; without
+    `classnames` the classes are the sorted distinct labels. Relative image paths are taken
+    from image_root (default: the CSV's folder).
+    """
+    root = Path(image_root) if image_root else Path(path).parent
+    rows = list(_csv_rows(path, sep))
+    if rows:
+        _need_columns(path, rows[0][1].keys(), [img_key, label_key],
+                      ["--csv-img-key", "--csv-label-key"])
+    index = {n: i for i, n in enumerate(classnames)} if classnames else None
+    labels_raw = []
+    for lineno, row in rows:
+        if not row[img_key].strip():
+            raise DataFormatError(path, lineno, f"empty image path in column {img_key!r}")
+        label = row[label_key].strip()
+        if not label:
+            raise DataFormatError(path, lineno, f"empty label in column {label_key!r}")
+        labels_raw.append((lineno, label))
+    if index is None:
+        if labels_raw and all(lab.lstrip("-").isdigit() for _, lab in labels_raw):
+            raise DataFormatError(path, labels_raw[0][0], "integer labels need the class names "
+                                  "(--classnames FILE)")
+        classnames = sorted({lab for _, lab in labels_raw})
+        index = {n: i for i, n in enumerate(classnames)}
+    samples = []
+    for (lineno, row), (_, label) in zip(rows, labels_raw):
+        if label in index:
+            target = index[label]
+        elif label.lstrip("-").isdigit() and 0 <= int(label) < len(classnames):
+            target = int(label)
+        else:
+            raise DataFormatError(path, lineno, f"label {label!r} is neither a class name nor "
+                                  f"an index below {len(classnames)}")
+        samples.append((str(_resolve(root, row[img_key].strip())), target))
+    if not samples:
+        raise DataFormatError(path, None, "no rows")
+    return list(classnames), samples
+
+
+def read_retrieval_csv(path, img_key="filepath", caption_key="title", sep=None,
+                       image_root=None):
+    """CSV with one (image, caption) per row; rows of the same image are grouped:
+    [(image path, [captions])] in order of first appearance."""
+    root = Path(image_root) if image_root else Path(path).parent
+    rows = list(_csv_rows(path, sep))
+    if rows:
+        _need_columns(path, rows[0][1].keys(), [img_key, caption_key],
+                      ["--csv-img-key", "--csv-caption-key"])
+    groups = {}
+    for lineno, row in rows:
+        image, caption = row[img_key].strip(), row[caption_key].strip()
+        if not image:
+            raise DataFormatError(path, lineno, f"empty image path in column {img_key!r}")
+        if not caption:
+            raise DataFormatError(path, lineno, f"empty caption in column {caption_key!r}")
+        groups.setdefault(image, []).append(caption)
+    if not groups:
+        raise DataFormatError(path, None, "no rows")
+    return [(str(_resolve(root, im)), caps) for im, caps in groups.items()]
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+def _json_error(path, e):
+    return DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})")
+
+
+def _skip_ws(text, i):
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def json_array_items(path, key=None):
+    """[(line, element)] of the array at top-level `key` of a JSON file (or of a top-level
+    array when key is None), each element with the line it starts on, so that errors about an
+    element can name its line. Syntax errors name line and column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    text = text.lstrip("\ufeff")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e) from None
+    if key is not None:
+        if not isinstance(doc, dict) or key not in doc:
+            raise DataFormatError(path, 1, f"expected a JSON object with a {key!r} list")
+        if not isinstance(doc[key], list):
+            raise DataFormatError(path, 1, f"{key!r} must be a list")
+    elif not isinstance(doc, list):
+        raise DataFormatError(path, 1, "expected a JSON list")
+    # walk the text once more to find where each element starts
+    dec = json.JSONDecoder()
+    i = _skip_ws(text, 0)
+    if key is not None:
+        i += 1  # '{'
+        while True:
+            i = _skip_ws(text, i)
+            name, i = dec.raw_decode(text, i)
+            i = _skip_ws(text, i) + 1  # ':'
+            i = _skip_ws(text, i)
+            if name == key:
+                break
+            _, i = dec.raw_decode(text, i)
+            i = _skip_ws(text, i) + 1  # ','
+    i = _skip_ws(text, i) + 1  # '['
+    items = []
+    line, pos = 1, 0
+    while True:
+        i = _skip_ws(text, i)
+        if text[i] == "]":
+            break
+        line += text.count("\n", pos, i)
+        pos = i
+        value, i = dec.raw_decode(text, i)
+        items.append((line, value))
+        i = _skip_ws(text, i)
+        if text[i] == ",":
+            i += 1
+    return doc, items
+
+
+def _caption_text(path, line, value, what):
+    if isinstance(value, dict):
+        value = value.get("raw", value.get("caption"))
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(path, line, f"{what}: expected a non-empty caption string, "
+                              f"got {value!r}")
+    return value.strip()
+
+
+def read_karpathy_json(path, split="test", image_root=None):
+    """Karpathy-split JSON (dataset_coco.json, dataset_flickr30k.json):
+    [(image path, [captions])] of the images in `split` ("all" for every image).
+
+    An image's path is image_root/filepath/filename (filepath only in COCO's file); image_root
+    defaults to the JSON's folder.
+    """
+    root = Path(image_root) if image_root else Path(path).parent
+    _, items = json_array_items(path, "images")
+    out = []
+    for k, (line, entry) in enumerate(items):
+        what = f"images[{k}]"
+        if not isinstance(entry, dict):
+            raise DataFormatError(path, line, f"{what} must be an object")
+        if split != "all" and entry.get("split") != split:
+            continue
+        name = entry.get("filename")
+        if not isinstance(name, str) or not name:
+            raise DataFormatError(path, line, f"{what} has no 'filename'")
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise DataFormatError(path, line, f"{what} has no 'sentences' list")
+        captions = [_caption_text(path, line, s, f"{what}.sentences[{j}]")
+                    for j, s in enumerate(sentences)]
+        out.append((str(_resolve(root, Path(entry.get("filepath") or "") / name)), captions))
+    if not out:
+        splits = sorted({str(e.get("split")) for _, e in items if isinstance(e, dict)})
+        raise DataFormatError(path, None, f"no images in split {split!r} (splits: {splits})")
+    return out
+
+
+IMAGE_KEYS = ("image", "image/key", "image_path", "filepath", "file_name")
+
+
+def read_xm3600(path, image_root=None, languages=None, image_ext=".jpg"):
+    """Crossmodal-3600-style JSONL, one image per line:
+    {"image/key": "000411001ff7dd4f", "en": {"caption": [...]}, "de": {...}, ...}
+    ("image/key" names image_root/<key>.jpg; an "image" key gives a path instead). A language's
+    captions may be a list of strings, one string, or an object with a "caption" list.
+    Returns ([(image path, {lang: [captions]})], languages); every image must have every
+    language (the default: the languages of the first line).
+    """
+    root = Path(image_root) if image_root else Path(path).parent
+    out, langs = [], list(languages) if languages else None
+    for lineno, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") \
+                from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, lineno, "expected a JSON object per line")
+        if "image/key" in obj:
+            image = _resolve(root, str(obj["image/key"]) + image_ext)
+        else:
+            key = next((k for k in IMAGE_KEYS if k in obj), None)
+            if key is None or not isinstance(obj[key], str) or not obj[key]:
+                raise DataFormatError(path, lineno, f"no image (one of the keys {IMAGE_KEYS})")
+            image = _resolve(root, obj[key])
+        captions = {}
+        for lang, value in obj.items():
+            if lang in IMAGE_KEYS:
+                continue
+            if isinstance(value, dict):
+                value = value.get("caption")
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value:
+                raise DataFormatError(path, lineno, f"language {lang!r}: expected a caption "
+                                      f"list, a string or {{\"caption\": [...]}}")
+            captions[lang] = [_caption_text(path, lineno, c, f"language {lang!r}")
+                              for c in value]
+        if langs is None:
+            langs = sorted(captions)
+            if not langs:
+                raise DataFormatError(path, lineno, "no captions")
+        missing = [lang for lang in langs if lang not in captions]
+        if missing:
+            raise DataFormatError(path, lineno, f"no captions in {missing}")
+        out.append((str(image), {lang: captions[lang] for lang in langs}))
+    if not out:
+        raise DataFormatError(path, None, "no images")
+    return out, langs
+
+
+# -- GLUE ----------------------------------------------------------------------------------------
+
+class GlueTask:
+    """Where a GLUE task's TSV keeps its text and label, and how it is scored."""
+
+    def __init__(self, name, text_a, text_b, label, labels=None, header=True, metrics=("accuracy",),
+                 dev="dev.tsv"):
+        self.name, self.text_a, self.text_b, self.label = name, text_a, text_b, label
+        self.labels = labels  # None: regression
+        self.header, self.metrics, self.dev = header, metrics, dev
+
+    @property
+    def is_pair(self):
+        return self.text_b is not None
+
+    @property
+    def is_regression(self):
+        return self.labels is None
+
+
+GLUE_TASKS = {
+    # CoLA's train/dev files have no header: source, label, original label, sentence
+    "cola": GlueTask("cola", 3, None, 1, ["0", "1"], header=False,
+                     metrics=("matthews_corrcoef", "accuracy")),
+    "sst2": GlueTask("sst2", "sentence", None, "label", ["0", "1"]),
+    "mrpc": GlueTask("mrpc", "#1 String", "#2 String", "Quality", ["0", "1"],
+                     metrics=("f1", "accuracy")),
+    "qqp": GlueTask("qqp", "question1", "question2", "is_duplicate", ["0", "1"],
+                    metrics=("f1", "accuracy")),
+    "stsb": GlueTask("stsb", "sentence1", "sentence2", "score", None,
+                     metrics=("pearson", "spearmanr")),
+    "mnli": GlueTask("mnli", "sentence1", "sentence2", "gold_label",
+                     ["entailment", "neutral", "contradiction"], dev="dev_matched.tsv"),
+    "qnli": GlueTask("qnli", "question", "sentence", "label", ["entailment", "not_entailment"]),
+    "rte": GlueTask("rte", "sentence1", "sentence2", "label", ["entailment", "not_entailment"]),
+    "wnli": GlueTask("wnli", "sentence1", "sentence2", "label", ["0", "1"]),
+}
+
+
+def read_glue_tsv(path, task):
+    """GLUE TSV -> (texts_a, texts_b or None, targets): int class indices, or float scores for
+    a regression task. Fields are tab-separated with no quoting, as GLUE's files."""
+    if isinstance(task, str):
+        if task not in GLUE_TASKS:
+            raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
+        task = GLUE_TASKS[task]
+    texts_a, texts_b, targets = [], [], []
+    first = True
+    for lineno, row in _csv_rows(path, "\t", csv.QUOTE_NONE, header=task.header):
+        if first and task.header:
+            keys = [k for k in (task.text_a, task.text_b, task.label) if k is not None]
+            _need_columns(path, row.keys(), keys, ["--text-a-key", "--text-b-key", "--label-key"])
+        first = False
+        if not task.header:
+            need = max(k for k in (task.text_a, task.text_b, task.label) if k is not None) + 1
+            if len(row) < need:
+                raise DataFormatError(path, lineno, f"{len(row)} fields, expected at least {need}")
+        a = row[task.text_a]
+        b = row[task.text_b] if task.is_pair else None
+        if not a.strip() or (b is not None and not b.strip()):
+            raise DataFormatError(path, lineno, "empty sentence")
+        raw = row[task.label].strip()
+        if task.is_regression:
+            try:
+                target = float(raw)
+            except ValueError:
+                raise DataFormatError(path, lineno, f"score {raw!r} is not a number") from None
+            if not np.isfinite(target):
+                raise DataFormatError(path, lineno, f"score {raw!r} is not finite")
+        else:
+            if raw not in task.labels:
+                raise DataFormatError(path, lineno, f"label {raw!r} is not one of {task.labels}")
+            target = task.labels.index(raw)
+        texts_a.append(a)
+        texts_b.append(b)
+        targets.append(target)
+    if not targets:
+        raise DataFormatError(path, None, "no examples")
+    return texts_a, (texts_b if task.is_pair else None), targets
+
+
+# -- VQA -----------------------------------------------------------------------------------------
+
+def read_vqa(questions_path, annotations_path=None, image_root=None, image_template=None):
+    """VQAv2 JSON -> [{"question_id", "image", "question", "answers": [10 strings]}].
+
+    questions_path: {"questions": [{"question_id", "image_id", "question"}], "data_subtype":
+    "val2014", ...}; annotations_path: {"annotations": [{"question_id", "answers":
+    [{"answer": ...}, ...]}]}. One file may hold both lists. An entry may name its image
+    directly ("image": path); otherwise the file is image_root/image_template with the template
+    formatted with image_id (default: COCO's "COCO_<data_subtype>_<image_id:012d>.jpg").
+    """
+    root = Path(image_root) if image_root else Path(questions_path).parent
+    doc, questions = json_array_items(questions_path, "questions")
+    if image_template is None:
+        subtype = doc.get("data_subtype") if isinstance(doc, dict) else None
+        image_template = (f"COCO_{subtype}_{{image_id:012d}}.jpg" if subtype
+                          else "{image_id}.jpg")
+    ann_path = annotations_path or questions_path
+    ann_doc, annotations = json_array_items(ann_path, "annotations") if (
+        annotations_path or "annotations" in doc) else (None, None)
+    answers, answer_types = {}, {}
+    if annotations is not None:
+        for k, (line, a) in enumerate(annotations):
+            what = f"annotations[{k}]"
+            if not isinstance(a, dict) or "question_id" not in a:
+                raise DataFormatError(ann_path, line, f"{what} has no 'question_id'")
+            human = a.get("answers")
+            if not isinstance(human, list) or not human:
+                raise DataFormatError(ann_path, line, f"{what} has no 'answers' list")
+            texts = []
+            for j, h in enumerate(human):
+                text = h.get("answer") if isinstance(h, dict) else h
+                if not isinstance(text, str):
+                    raise DataFormatError(ann_path, line, f"{what}.answers[{j}] has no "
+                                          f"'answer' string")
+                texts.append(text)
+            answers[a["question_id"]] = texts
+            if isinstance(a.get("answer_type"), str):
+                answer_types[a["question_id"]] = a["answer_type"]
+    out = []
+    for k, (line, q) in enumerate(questions):
+        what = f"questions[{k}]"
+        if not isinstance(q, dict):
+            raise DataFormatError(questions_path, line, f"{what} must be an object")
+        text = q.get("question")
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(questions_path, line, f"{what} has no 'question' string")
+        qid = q.get("question_id", k)
+        if "image" in q:
+            image = _resolve(root, str(q["image"]))
+        elif "image_id" in q:
+            try:
+                image = _resolve(root, image_template.format(image_id=q["image_id"]))
+            except (ValueError, TypeError) as e:
+                raise DataFormatError(questions_path, line, f"{what}: image_id "
+                                      f"{q['image_id']!r} does not fit the image template "
+                                      f"{image_template!r} ({e})") from None
+        else:
+            raise DataFormatError(questions_path, line, f"{what} has no 'image_id' or 'image'")
+        human = q.get("answers")
+        if human is None:
+            if qid not in answers:
+                raise DataFormatError(ann_path, None, f"no annotation for question_id {qid!r} "
+                                      f"({questions_path}:{line})")
+            human = answers[qid]
+        if not isinstance(human, list) or not human or not all(isinstance(h, str)
+                                                                for h in human):
+            raise DataFormatError(questions_path, line, f"{what}: 'answers' must be a "
+                                  f"non-empty list of strings")
+        record = {"question_id": qid, "image": str(image), "question": text.strip(),
+                  "answers": list(human)}
+        if qid in answer_types:
+            record["answer_type"] = answer_types[qid]
+        out.append(record)
+    if not out:
+        raise DataFormatError(questions_path, None, "no questions")
+    return out

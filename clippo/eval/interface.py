@@ -1,0 +1,87 @@
+"""open_clip-style (model, preprocess, tokenizer) for a CLIPPO model, so code written for
+OpenCLIP models (LAION's CLIP_benchmark, for one) runs on CLIPPO unchanged:
+
+    model, preprocess, tokenizer = clippo.open_clip_interface(clippo_model)
+    images = torch.stack([preprocess(pil_image) for pil_image in batch])   # float [-1, 1]
+    zimg = model.encode_image(images)
+    ztxt = model.encode_text(tokenizer(["a photo of a cat"]))             # text -> pixels
+
+The "tokenizer" renders text to images (on the model's device: the fast path) instead of
+token ids; `encode_text` encodes those images with the same tower.
+"""
+import numpy as np
+import torch
+from torch import nn
+
+
+class OpenCLIPStyle(nn.Module):
+    """A CLIPPO model behind open_clip's CLIP methods: encode_image, encode_text (of the
+    tokenizer's rendered images), forward -> (image features, text features, logit scale),
+    and `logit_scale` (the log of the temperature, as open_clip stores it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def logit_scale(self):
+        return self.model.t[0]
+
+    @property
+    def visual(self):
+        return self.model.img
+
+    def encode_image(self, image, normalize=False):
+        return self.model.encode_image(image)  # CLIPPO's embeddings are always normalised
+
+    def encode_text(self, text, normalize=False):
+        if isinstance(text, torch.Tensor):
+            return self.model.encode_image(text)
+        return self.model.encode_text(text)  # strings: rendered on the model's device
+
+    def forward(self, image=None, text=None):
+        zimg = None if image is None else self.encode_image(image)
+        ztxt = None if text is None else self.encode_text(text)
+        return zimg, ztxt, self.logit_scale.exp()
+
+
+class RenderTokenizer:
+    """Strings -> rendered text images, uint8 [N, 3, S, S] (or float in [-1, 1] with
+    dtype=torch.float32), drawn on `device` (default: the model's at call time)."""
+
+    def __init__(self, model, device=None, dtype=torch.uint8):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def __call__(self, texts, context_length=None):
+        if isinstance(texts, str):
+            texts = [texts]
+        images = self.model.renderer(self.device)(list(texts))
+        if self.dtype == torch.uint8:
+            return images.contiguous()
+        return images.to(self.dtype).mul_(2.0 / 255.0).sub_(1.0)
+
+
+class Preprocess:
+    """PIL image -> float [3, S, S] in [-1, 1], resized to the model's input size (bilinear,
+    no crop: the reference's `resize(S)|value_range(-1, 1)`)."""
+
+    def __init__(self, image_size):
+        self.image_size = tuple(image_size)
+
+    def __call__(self, image):
+        from PIL import Image
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
+        h, w = self.image_size
+        image = image.convert("RGB")
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return x.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def open_clip_interface(model, device=None, text_dtype=torch.uint8):
+    """(model wrapper, preprocess, tokenizer) as `open_clip.create_model_and_transforms` plus
+    `open_clip.get_tokenizer` give them, for a CLIPPO model."""
+    return (OpenCLIPStyle(model), Preprocess(model.img.image_size),
+            RenderTokenizer(model, device, text_dtype))
