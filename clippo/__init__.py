@@ -10,7 +10,7 @@ One ViT encodes photos and text rendered as images. Public API:
 
 Names resolve lazily so `import clippo` stays cheap (no triton import until a kernel runs).
 """
-import importlib
+from clippo._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,16 +26,4 @@ _EXPORTS = {
     "open_clip_interface": "clippo.eval.interface",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clippo' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -49,6 +49,7 @@ def _save(path, image):
 
 
 def _upscale(images, factor):
+    """Nearest-neighbour upscaling of [..., H, W, 3] images."""
     return images.repeat(factor, axis=-2).repeat(factor, axis=-3)
 
 
@@ -60,7 +61,7 @@ def _caption_figure(model, out):
     texts = [caption(c, s, p, lang) for (c, s, p) in
              [("red", "circle", "left"), ("blue", "star", "top"), ("white", "cross", "bottom")]
              for lang in LANGUAGES]
-    images = model.renderer("cpu")(texts)[:, 0].numpy()
+    images = model.renderer("cpu")(texts).permute(0, 2, 3, 1).numpy()  # [N, S, S, 3]
     return _save(out / "captions.png", grid(_upscale(images, 2), columns=len(LANGUAGES)))
 
 

@@ -6,7 +6,7 @@ skip; the collates drop and count the None items. Text is never rendered here: t
 step renders it on the training device. Submodules load on first use, so importing
 clippo.data pulls in neither Pillow nor webdataset.
 """
-import importlib
+from clippo._lazy import lazy_exports
 
 _EXPORTS = {
     "ImageTransform": "clippo.data.transforms",
@@ -28,18 +28,6 @@ _EXPORTS = {
 # built-in synthetic data
 _EXPORTS.update({name: "clippo.data.builtin" for name in (
     "COLORS", "SHAPES", "POSITIONS", "LANGUAGES", "SPLITS", "combos", "draw_scene", "caption",
-    "class_name", "BuiltinImageText", "BuiltinTextPairs")})
+    "class_name", "class_prompts", "BuiltinImageText", "BuiltinTextPairs")})
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clippo.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -133,7 +133,7 @@ def caption(color, shape, position=None, lang="en", article=True):
         c = c[0] + c[w["gender"][shape]]
     p = None if position is None else w["position"][_check("position", position, POSITIONS)]
     if lang == "en":
-        text = f"a {c} {s}" if article else f"{c} {s}"
+        text = (f"an {c} {s}" if c[0] in "aeiou" else f"a {c} {s}") if article else f"{c} {s}"
         return text if p is None else f"{text} {p}"
     if lang == "de":
         text = f"ein {s} in {c}" if article else f"{s} in {c}"

@@ -8,7 +8,7 @@ NLU on rendered text, VQA by rendering, few-shot linear probes; `clippo eval TAS
 Metrics are pure functions in clippo.eval.metrics; readers for the data formats in
 clippo.eval.data. Names resolve lazily.
 """
-import importlib
+from clippo._lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate_zeroshot": "clippo.eval.zeroshot",
@@ -22,16 +22,4 @@ _EXPORTS = {
     "load_model": "clippo.eval.common",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clippo.eval' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,10 @@ them on the device.
 """
 import math
 import warnings
+
+# torchdata 0.11's StatefulDataLoader calls a torch API that newer torch deprecates; the
+# warning is about torchdata's internals, not anything a user can act on
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 from pathlib import Path
 
 import numpy as np
