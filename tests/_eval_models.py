@@ -81,3 +81,13 @@ def trained_model_dir(cache_root, recipe=RECIPE):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def model_dir_for(request, tmp_path_factory):
+    """The trained model for a test module: under pytest's cache when it is enabled (so runs
+    share it), else in a temporary folder of this run."""
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("clippo-eval") if cache is not None else \
+        tmp_path_factory.getbasetemp() / "clippo-eval"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return trained_model_dir(root)

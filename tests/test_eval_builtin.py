@@ -15,12 +15,12 @@ from clippo.eval.common import load_model
 from clippo.eval.main import main as eval_main
 from clippo.eval.nlu import evaluate_nlu
 
-from _eval_models import trained_model_dir
+from _eval_models import model_dir_for
 
 
 @pytest.fixture(scope="module")
-def model_dir(request):
-    return trained_model_dir(request.config.cache.mkdir("clippo-eval"))
+def model_dir(request, tmp_path_factory):
+    return model_dir_for(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ The held-out split is colour x position: 16 of the 72 pairs never appear in trai
     multilingual  the same 96 images, one caption per language (en, de, ru, zh)
     nlu           colour: which colour a sentence names (8 classes), trained on English and
                   German, tested on Russian and Chinese; same: does a Latin-script and a
-                  Cyrillic/Han sentence describe the same object; similarity: how many of
-                  colour, shape and position they share (0-3, regression)
+                  Cyrillic/Han sentence describe the same object (or one of another colour);
+                  similarity: how many of colour, shape and position they share (0-3)
     vqa           a scene with "colour?" or "shape?" rendered above it; 10 human answers per
                   question, some wrong (annotator noise); the answer classifier trains on 64
                   questions
@@ -183,8 +183,8 @@ def nlu_tasks(num_train=512, num_test=256, seed=_SEEDS["nlu"]):
     colour: train sentences in English / German, test sentences in Russian / Chinese
     (cross-lingual transfer). same: the first sentence in English or German, the second in
     Russian or Chinese; half the pairs describe the same object (colour, shape and position),
-    the other half an object of another colour or position. similarity: how many of colour,
-    shape and position two such sentences share.
+    the other half the same shape at the same position in another colour. similarity: how
+    many of colour, shape and position two such sentences share.
     """
     out = {}
     for t, name in enumerate(NLU_TASKS):
@@ -200,9 +200,10 @@ def nlu_tasks(num_train=512, num_test=256, seed=_SEEDS["nlu"]):
                     continue
                 if name == "same":
                     same = i % 2 == 0
-                    other = obj
-                    while not same and (other[0], other[2]) == (obj[0], obj[2]):
-                        other = _random_object(rng)
+                    # the other object differs in colour only: shape and position words, and
+                    # so the sentences' lengths, tell nothing
+                    other = obj if same else (
+                        _pick(rng, [c for c in B.COLORS if c != obj[0]]), obj[1], obj[2])
                     y.append(int(same))
                 else:
                     other = tuple(obj[j] if rng.random() < 0.5 else _random_object(rng)[j]
