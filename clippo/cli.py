@@ -6,6 +6,7 @@
     clippo demo                                   train a small CLIPPO on built-in data, evaluate it
     clippo bench                                  rendering and encoding speed on this machine
     clippo train --train-data builtin ...         train CLIPPO (clippo train -h)
+    clippo eval zeroshot --model DIR --data ...   evaluate (clippo eval -h)
 """
 import argparse
 import sys
