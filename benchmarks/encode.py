@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -63,9 +64,11 @@ def vit_flops(width, depth, mlp_dim, patch, image, out_dim, channels=3):
 class TimmStyleViT(nn.Module):
     """The baseline: the same architecture written the way timm writes it, in torch ops."""
 
-    def __init__(self, width, depth, mlp_dim, num_heads, patch, image, out_dim):
+    def __init__(self, width, depth, mlp_dim, num_heads, patch, image, out_dim,
+                 grad_checkpointing=False):
         super().__init__()
         self.heads = num_heads
+        self.grad_checkpointing = grad_checkpointing  # recompute blocks in the backward pass
         self.patch = nn.Conv2d(3, width, patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2, width) * 0.02)
         self.blocks = nn.ModuleList(
@@ -85,14 +88,21 @@ class TimmStyleViT(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
+    def block(self, blk, x):
+        b, n, d = x.shape
+        q, k, v = blk["qkv"](blk["ln1"](x)).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        x = x + blk["proj"](a.transpose(1, 2).reshape(b, n, d))
+        return x + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](x)), approximate="tanh"))
+
     def forward(self, images):
         x = self.patch(images).flatten(2).transpose(1, 2) + self.pos
-        b, n, d = x.shape
+        b, _, d = x.shape
         for blk in self.blocks:
-            q, k, v = blk["qkv"](blk["ln1"](x)).chunk(3, dim=-1)
-            a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
-            x = x + blk["proj"](a.transpose(1, 2).reshape(b, n, d))
-            x = x + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](x)), approximate="tanh"))
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(self.block, blk, x, use_reentrant=False)
+            else:
+                x = self.block(blk, x)
         x = self.norm(x)
         q = self._split(self.map_q(self.probe.expand(b, -1, -1)))
         k, v = self.map_kv(x).chunk(2, dim=-1)

@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout
@@ -121,31 +120,6 @@ class BaselineTask(nn.Module):
 
     def scale_parameters(self):
         return [self.t]
-
-
-class CheckpointedTimmStyleViT(TimmStyleViT):
-    """TimmStyleViT whose transformer blocks are recomputed in the backward pass."""
-
-    def _block(self, blk, x):
-        b, n, d = x.shape
-        q, k, v = blk["qkv"](blk["ln1"](x)).chunk(3, dim=-1)
-        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
-        x = x + blk["proj"](a.transpose(1, 2).reshape(b, n, d))
-        return x + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](x)), approximate="tanh"))
-
-    def forward(self, images):
-        x = self.patch(images).flatten(2).transpose(1, 2) + self.pos
-        b, _, d = x.shape
-        for blk in self.blocks:
-            x = checkpoint(self._block, blk, x, use_reentrant=False)
-        x = self.norm(x)
-        q = self._split(self.map_q(self.probe.expand(b, -1, -1)))
-        k, v = self.map_kv(x).chunk(2, dim=-1)
-        y = F.scaled_dot_product_attention(q, self._split(k), self._split(v))
-        y = self.map_proj(y.transpose(1, 2).reshape(b, 1, d))
-        y = y + self.map_fc2(F.gelu(self.map_fc1(self.map_ln(y)), approximate="tanh"))
-        z = self.head(y[:, 0])
-        return z / (z.norm(dim=-1, keepdim=True) + 1e-8)
 
 
 def _optimizer(module):
@@ -268,9 +242,9 @@ def main(argv=None):
         def make(ckpt):
             torch.manual_seed(0)
             if baseline:
-                vit_cls = CheckpointedTimmStyleViT if ckpt else TimmStyleViT
-                vit = vit_cls(cfg["width"], cfg["depth"], cfg["mlp_dim"], cfg["num_heads"],
-                              cfg["patch_size"], image_size, cfg["out_dim"])
+                vit = TimmStyleViT(cfg["width"], cfg["depth"], cfg["mlp_dim"], cfg["num_heads"],
+                                   cfg["patch_size"], image_size, cfg["out_dim"],
+                                   grad_checkpointing=ckpt)
                 task = BaselineTask(vit, create_loss("softmax")).to(device)
                 task.vit.compile()
             else:
