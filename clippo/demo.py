@@ -3,8 +3,9 @@
 1. renders built-in captions (four languages, three scripts) as the model sees them;
 2. trains a small CLIPPO with `clippo train` on built-in scenes (`clippo.data.builtin`), text
    rendered inside the training step;
-3. evaluates it on the held-out split, colour x shape combinations never seen in training:
-   zero-shot classification among the 16 held-out classes and image-text retrieval;
+3. evaluates it on the held-out split, colour x position combinations never seen in training:
+   zero-shot classification among the 16 held-out classes and image-text retrieval (galleries
+   of the 16 held-out pairs, and the 96-image gallery that also asks for the shape);
 4. writes a report: a printed table, DIR/report.json and PNGs (training curve, rendered captions,
    retrieval examples).
 
@@ -20,21 +21,42 @@ import torch
 
 # The demo's model and schedule: a 4-layer ViT of width 128 on 80 px images (25 patches of 16
 # px: a patch holds about two rendered characters, a row of patches one line of text), AdamW
-# at 5e-4 with warm-up, cosine decay and clipping.
+# at 5e-4 with warm-up and clipping, in two `clippo train` runs (STAGES).
 RECIPE = dict(
     model="Ti/16", image_size=80, patch_size=16, width=128, depth=4, heads=4, mlp_dim=512,
-    out_dim=128, batch_size=64, steps=600, lr=5e-4, warmup=40, wd=0.05, grad_clip_norm=1.0,
-    lr_scheduler="cosine", train_num_samples=38400, seed=0,
+    out_dim=128, batch_size=64, steps=1500, lr=5e-4, warmup=40, wd=0.05, grad_clip_norm=1.0,
+    train_num_samples=96000, seed=0,
+)
+# (name, share of the steps, flags): English captions first, then every language (the
+# built-in LANGUAGE_MIX) from the first stage's weights. Learning positions and shapes takes
+# the image side and the text side finding them together; with one language to read this
+# happens several times sooner, and the other languages then only have to be mapped onto
+# what the image side already tells apart.
+STAGES = (
+    ("english", 0.5, {"builtin_languages": "en", "lr_scheduler": "const"}),
+    ("all-languages", 0.5, {"lr_scheduler": "cosine", "warmup": 20}),
 )
 
 
-def recipe_argv(out_dir, steps=None, workers=1, device=None, progress=True):
-    """`clippo train` flags for the demo's recipe, writing into out_dir."""
-    r = dict(RECIPE, steps=steps or RECIPE["steps"])
+def stage_steps(steps=None):
+    """Steps of each stage for a total of `steps` (default RECIPE's): at least 1 each."""
+    total = int(steps or RECIPE["steps"])
+    if total < len(STAGES):
+        raise ValueError(f"the demo needs at least {len(STAGES)} steps, got {total}")
+    first = min(max(1, round(total * STAGES[0][1])), total - 1)
+    return [first, total - first]
+
+
+def recipe_argv(out_dir, stage=0, steps=None, workers=1, device=None, progress=True,
+                pretrained=None):
+    """`clippo train` flags for stage `stage` of the demo's recipe, writing into out_dir."""
+    r = dict(RECIPE, **STAGES[stage][2], steps=stage_steps(steps)[stage])
     argv = ["--train-data", "builtin", "--output", str(out_dir), "--workers", str(workers),
             "--log-every", "5", "--save-every", "0"]
     for key, value in r.items():
         argv += ["--" + key.replace("_", "-"), str(value)]
+    if pretrained:
+        argv += ["--pretrained", str(pretrained)]
     if device:
         argv += ["--device", device]
     if not progress:
@@ -65,13 +87,16 @@ def _caption_figure(model, out):
     return _save(out / "captions.png", grid(_upscale(images, 2), columns=len(LANGUAGES)))
 
 
-def _curve_figure(metrics_path, batch_size, out):
+def _curve_figure(stage_metrics, batch_size, out):
+    """The loss of every stage on one step axis: stage_metrics [(name, metrics.jsonl)]."""
     from clippo.figures import line_plot
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
-    steps = [r["step"] for r in rows]
-    plot = line_plot({"training loss": (steps, [r["loss"] for r in rows])},
-                     title="clippo demo: contrastive loss", hlines=[
+    series, offset = {}, 0
+    for name, path in stage_metrics:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        series[f"loss, {name}"] = ([offset + r["step"] for r in rows], [r["loss"] for r in rows])
+        offset += rows[-1]["step"] if rows else 0
+    plot = line_plot(series, title="clippo demo: contrastive loss", hlines=[
                          (float(np.log(batch_size)), "log(batch): chance")])
     return _save(out / "training_curve.png", plot)
 
@@ -118,11 +143,17 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    argv = recipe_argv(out / "train", steps, workers, device, progress)
     print(f"[1/4] training a small CLIPPO on built-in data ({device}, "
-          f"{torch.get_num_threads()} threads):\n      clippo train {' '.join(argv)}", flush=True)
-    start = time.perf_counter()
-    summary = train_run(parse_args(argv))
+          f"{torch.get_num_threads()} threads), in {len(STAGES)} stages", flush=True)
+    start, stages, pretrained = time.perf_counter(), [], None
+    for k, (name, _, _) in enumerate(STAGES):
+        # the last stage writes DIR/train: its model/ is the demo's model
+        stage_dir = out / "train" if k == len(STAGES) - 1 else out / f"train-{name}"
+        argv = recipe_argv(stage_dir, k, steps, workers, device, progress, pretrained)
+        print(f"      stage {k + 1} ({name}): clippo train {' '.join(argv)}", flush=True)
+        summary = train_run(parse_args(argv))
+        stages.append((name, summary))
+        pretrained = summary["model_dir"]
     train_seconds = time.perf_counter() - start
     model = CLIPPO.from_pretrained(summary["model_dir"]).to(device).eval()
 
@@ -130,12 +161,13 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
           flush=True)
     image_size = model.config["image_size"]
     zs = builtin_eval.zeroshot(model, image_size=image_size)
+    pairs = builtin_eval.pair_retrieval(model, image_size=image_size)
     ret_task = builtin_eval.retrieval_task(image_size=image_size)
     ret = builtin_eval.retrieval(model, task=ret_task)
 
     print("[3/4] writing figures", flush=True)
-    figures = [_caption_figure(model, out), _curve_figure(summary["metrics"], RECIPE[
-        "batch_size"], out), _retrieval_figure(model, ret_task, out)]
+    figures = [_caption_figure(model, out), _curve_figure(
+        [(name, st["metrics"]) for name, st in stages], RECIPE["batch_size"], out), _retrieval_figure(model, ret_task, out)]
 
     report = {
         "zero_shot_top1": zs["metrics"]["acc1"],
@@ -143,18 +175,28 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
         "zero_shot_mean_per_class_recall": zs["metrics"]["mean_per_class_recall"],
         "zero_shot_classes": zs["num_classes"],
         "zero_shot_chance": 1.0 / zs["num_classes"],
-        "retrieval_t2i_r1": ret["metrics"]["image_retrieval_recall@1"],
-        "retrieval_i2t_r1": ret["metrics"]["text_retrieval_recall@1"],
-        "retrieval_t2i_r5": ret["metrics"]["image_retrieval_recall@5"],
-        "retrieval_i2t_r5": ret["metrics"]["text_retrieval_recall@5"],
-        "retrieval_gallery": ret["num_images"],
-        "retrieval_chance_r1": 1.0 / ret["num_images"],
+        # galleries of the 16 held-out pairs (one image each), recalls averaged over 8
+        "retrieval_t2i_r1": pairs["metrics"]["image_retrieval_recall@1"],
+        "retrieval_i2t_r1": pairs["metrics"]["text_retrieval_recall@1"],
+        "retrieval_t2i_r5": pairs["metrics"]["image_retrieval_recall@5"],
+        "retrieval_i2t_r5": pairs["metrics"]["text_retrieval_recall@5"],
+        "retrieval_gallery": pairs["num_images"],
+        "retrieval_galleries": pairs["galleries"],
+        "retrieval_chance_r1": 1.0 / pairs["num_images"],
+        # the harder gallery of `clippo eval retrieval --data builtin`: every held-out pair in
+        # each of the 6 shapes (96 images), so R@1 needs the shape read too
+        "retrieval_shapes_t2i_r1": ret["metrics"]["image_retrieval_recall@1"],
+        "retrieval_shapes_i2t_r1": ret["metrics"]["text_retrieval_recall@1"],
+        "retrieval_shapes_gallery": ret["num_images"],
+        "retrieval_shapes_chance_r1": 1.0 / ret["num_images"],
         "train_seconds": round(train_seconds, 1),
-        "steps": summary["steps"],
+        "steps": sum(st["steps"] for _, st in stages),
+        "stage_steps": {name: st["steps"] for name, st in stages},
         "final_loss": summary["final_loss"],
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "recipe": dict(RECIPE, steps=summary["steps"]),
+        "recipe": dict(RECIPE, steps=sum(st["steps"] for _, st in stages),
+                       stages=[dict(name=n, share=f, **flags) for n, f, flags in STAGES]),
         "model_dir": str(summary["model_dir"]),
         "figures": [str(f) for f in figures],
     }
@@ -166,9 +208,14 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
     _print_table([
         ("zero-shot top-1, held-out classes", report["zero_shot_top1"]),
         (f"  chance (1 of {zs['num_classes']})", report["zero_shot_chance"]),
-        ("retrieval text->image R@1", report["retrieval_t2i_r1"]),
-        ("retrieval image->text R@1", report["retrieval_i2t_r1"]),
-        (f"  chance (1 of {ret['num_images']})", report["retrieval_chance_r1"]),
+        (f"retrieval text->image R@1 ({pairs['num_images']} images)", report["retrieval_t2i_r1"]),
+        (f"retrieval image->text R@1 ({pairs['num_images']} images)", report["retrieval_i2t_r1"]),
+        (f"  chance (1 of {pairs['num_images']})", report["retrieval_chance_r1"]),
+        (f"retrieval text->image R@1 ({ret['num_images']} images, shapes)",
+         report["retrieval_shapes_t2i_r1"]),
+        (f"retrieval image->text R@1 ({ret['num_images']} images, shapes)",
+         report["retrieval_shapes_i2t_r1"]),
+        (f"  chance (1 of {ret['num_images']})", report["retrieval_shapes_chance_r1"]),
         ("training steps", report["steps"]),
         ("training seconds", report["train_seconds"]),
     ])

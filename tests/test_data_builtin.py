@@ -132,6 +132,28 @@ def test_languages_and_positions_are_mixed():
     assert all(_scripts(only_en.caption(i)) == {"LATIN"} for i in range(50))
 
 
+@pytest.mark.parametrize("mix", [None, {"en": 1, "zh": 3}, {"de": 2, "ru": 0, "zh": 1},
+                                 ("en", "ru")])
+def test_language_mix_is_drawn_at_its_weights(mix):
+    n = 4000
+    ds = BuiltinImageText(num_samples=n, image_size=16, languages=mix)
+    want = builtin.LANGUAGE_MIX if mix is None else (
+        mix if isinstance(mix, dict) else {lang: 1 for lang in mix})
+    total = sum(want.values())
+    langs = [ds.meta(i)["lang"] for i in range(n)]
+    for lang, w in want.items():
+        p = w / total
+        # within 4.5 binomial standard deviations of its share; a weight 0 never drawn
+        assert abs(langs.count(lang) / n - p) <= 4.5 * np.sqrt(p * (1 - p) / n) + 1e-12, lang
+    assert set(langs) <= set(want)
+
+
+@pytest.mark.parametrize("bad", [{}, [], {"en": -1, "de": 2}, {"en": 0}, {"fr": 1}])
+def test_bad_language_mix_is_refused(bad):
+    with pytest.raises(ValueError, match="language"):
+        BuiltinImageText(num_samples=4, image_size=16, languages=bad)
+
+
 def test_text_pairs_share_their_object():
     pairs = BuiltinTextPairs(200, seed=0)
     shape_words = {lang: set(builtin._WORDS[lang]["shape"].values()) for lang in LANGUAGES}

@@ -1,6 +1,6 @@
-"""`clippo demo` end to end, shortened: trains through `clippo train`, evaluates on the held-out
-split, writes the report and its figures; the model already beats chance on combinations it
-never saw."""
+"""`clippo demo` end to end, shortened (conftest.DEMO_STEPS): trains through `clippo train`,
+evaluates on the held-out split, writes the report and its figures; the model already beats
+chance on combinations it never saw."""
 import json
 import math
 
@@ -8,20 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clippo import cli
+from conftest import DEMO_STEPS
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated",
                                         "ignore:warm-up .* do not fit")
 
-STEPS = 100
-
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--out", str(out), "--steps", str(STEPS), "--workers", "0",
-                     "--no-progress"]) == 0
-    return out, json.loads((out / "report.json").read_text())
+def demo(demo_run):
+    return demo_run
 
 
 def test_report_has_the_numbers(demo):
@@ -29,13 +24,21 @@ def test_report_has_the_numbers(demo):
     for key in ("zero_shot_top1", "zero_shot_chance", "retrieval_t2i_r1", "retrieval_i2t_r1",
                 "train_seconds", "steps"):
         assert key in report, key
-    assert report["steps"] == STEPS
+    assert report["steps"] == DEMO_STEPS
     assert report["zero_shot_chance"] == pytest.approx(1 / 16)
     assert report["train_seconds"] > 0
     for key in ("zero_shot_top1", "retrieval_t2i_r1", "retrieval_i2t_r1"):
         assert 0.0 <= report[key] <= 1.0
-    lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["step"] == STEPS
+    # two `clippo train` runs: English, then every language from the English run's weights
+    assert sum(report["stage_steps"].values()) == DEMO_STEPS
+    first, last = (out / "train-english"), (out / "train")
+    assert json.loads((first / "metrics.jsonl").read_text().splitlines()[-1])["step"] == \
+        report["stage_steps"]["english"]
+    assert json.loads((last / "metrics.jsonl").read_text().splitlines()[-1])["step"] == \
+        report["stage_steps"]["all-languages"]
+    args = json.loads((last / "args.json").read_text())
+    assert args["pretrained"] == str(first / "model")
+    assert json.loads((first / "args.json").read_text())["builtin_languages"] == {"en": 1.0}
 
 
 def test_model_learned_beyond_chance(demo):
@@ -55,6 +58,16 @@ def test_figures_are_pictures(demo):
             arr = np.asarray(img.convert("RGB"))
         assert arr.shape[0] > 50 and arr.shape[1] > 50
         assert arr.std() > 10, name  # drawn on, not a blank canvas
+
+
+def test_stage_steps_split_any_total():
+    from clippo.demo import STAGES, stage_steps
+    assert sum(stage_steps()) == 1500
+    for total in (2, 3, 10, 301):
+        steps = stage_steps(total)
+        assert sum(steps) == total and min(steps) >= 1 and len(steps) == len(STAGES)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        stage_steps(1)
 
 
 def test_model_dir_loads(demo):

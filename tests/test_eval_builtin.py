@@ -15,12 +15,10 @@ from clippo.eval.common import load_model
 from clippo.eval.main import main as eval_main
 from clippo.eval.nlu import evaluate_nlu
 
-from _eval_models import model_dir_for
-
 
 @pytest.fixture(scope="module")
-def model_dir(request, tmp_path_factory):
-    return model_dir_for(request, tmp_path_factory)
+def model_dir(demo_model_dir):
+    return demo_model_dir
 
 
 @pytest.fixture(scope="module")

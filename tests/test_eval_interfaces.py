@@ -14,12 +14,10 @@ from clippo.eval.main import main as eval_main
 from clippo.eval.templates import canonical_class_names, canonical_templates, load_templates
 from clippo.model.clippo import CLIPPO
 
-from _eval_models import model_dir_for
-
 
 @pytest.fixture(scope="module")
-def model_dir(request, tmp_path_factory):
-    return model_dir_for(request, tmp_path_factory)
+def model_dir(demo_model_dir):
+    return demo_model_dir
 
 
 def _image_folder(root, n=64):

@@ -61,6 +61,9 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys, text, message):
     (["--warmup", "2.5"], "whole number of steps"),
     (["--text-pair-fraction", "1.0"], "fraction"),
     (["--beta2", "1.5"], "below 1"),
+    (["--builtin-languages", "en,fr"], "unknown language 'fr'"),
+    (["--builtin-languages", "en=x"], "bad weight"),
+    (["--builtin-languages", "en=0,de=0"], "no language with a positive weight"),
     ([], None),
 ])
 def test_bad_flags(capsys, argv, message):
@@ -69,3 +72,16 @@ def test_bad_flags(capsys, argv, message):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert (message or "--train-data is required") in err
+
+
+def test_builtin_language_mix_flag():
+    args = parse_args(["--train-data", "builtin", "--steps", "1", "--builtin-languages",
+                       "en=0.5,zh=0.25,ru"])
+    assert args.builtin_languages == {"en": 0.5, "zh": 0.25, "ru": 1.0}
+    assert parse_args(["--train-data", "builtin", "--steps", "1"]).builtin_languages is None
+
+
+def test_builtin_languages_needs_builtin_data(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--train-data", "x.csv", "--steps", "1", "--builtin-languages", "en"])
+    assert "for --train-data builtin" in capsys.readouterr().err

@@ -33,6 +33,9 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 POSITIONS = ("top left", "top", "top right", "left", "middle", "right", "bottom left", "bottom",
              "bottom right")
 LANGUAGES = ("en", "de", "ru", "zh")
+# The languages' shares of the training captions: English half of them, as in web-scale data
+# (a small model reads one language's words sooner; it carries what it learns to the others).
+LANGUAGE_MIX = {"en": 0.5, "de": 1 / 6, "ru": 1 / 6, "zh": 1 / 6}
 SPLITS = ("train", "heldout", "all")
 # Object radius and the jitter of its centre around its grid cell's, as fractions of the side.
 RADIUS = (0.09, 0.13)
@@ -144,6 +147,21 @@ def caption(color, shape, position=None, lang="en", article=True):
     return f"{c}{s}" if p is None else f"{p}{c}{s}"
 
 
+def _language_mix(languages):
+    """(languages, weights summing to 1) from a {language: weight} dict or a sequence."""
+    if isinstance(languages, str):
+        languages = [languages]
+    if not isinstance(languages, dict):
+        languages = {lang: 1.0 for lang in languages}
+    if not languages:
+        raise ValueError("languages must name at least one language")
+    names = tuple(_check("language", lang, LANGUAGES) for lang in languages)
+    weights = np.array([float(w) for w in languages.values()])
+    if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"language weights must be >= 0 with a positive sum, got {languages}")
+    return names, tuple(weights / weights.sum())
+
+
 def _polygon(cx, cy, radii, angles):
     return [(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles)]
 
@@ -201,23 +219,25 @@ class BuiltinImageText(torch.utils.data.Dataset):
     """Scenes and captions: item i -> (uint8 tensor [3, S, S], caption str).
 
     split: "train" (training combinations), "heldout" (the combinations never trained on) or
-    "all". position_prob: the chance that a caption also names the position. Each item draws
-    its combination, position and language from a generator seeded by (seed, split, i).
+    "all". languages: a {language: weight} mix (default LANGUAGE_MIX) or a sequence of
+    languages drawn equally often. position_prob: the chance that a caption also names the
+    position. Each item draws its combination, shape and language from a generator seeded by
+    (seed, split, i).
     """
 
     def __init__(self, split="train", num_samples=10000, image_size=64, seed=0,
-                 languages=LANGUAGES, position_prob=1.0):
+                 languages=None, position_prob=1.0):
         self.split = _check("split", split, SPLITS)
         if int(num_samples) < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
-        self.languages = tuple(_check("language", lang, LANGUAGES) for lang in languages)
-        if not self.languages:
-            raise ValueError("languages must name at least one language")
+        self.languages, self.language_weights = _language_mix(
+            LANGUAGE_MIX if languages is None else languages)
         self.position_prob = float(position_prob)
         self.combos = combos(split)
+        self._cumulative = np.cumsum(self.language_weights)[:-1]
 
     def __len__(self):
         return self.num_samples
@@ -232,7 +252,7 @@ class BuiltinImageText(torch.utils.data.Dataset):
         rng = self._rng(i)
         color, position = self.combos[int(rng.integers(len(self.combos)))]
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        lang = self.languages[int(rng.integers(len(self.languages)))]
+        lang = self.languages[int(np.searchsorted(self._cumulative, rng.random(), "right"))]
         named = bool(rng.random() < self.position_prob)
         return dict(color=color, shape=shape, position=position, lang=lang, named=named,
                     rng=rng)

@@ -28,7 +28,8 @@ from clippo.data import builtin as B
 from clippo.eval.data import GlueTask, ImageDataset
 
 TASKS = ("zeroshot", "retrieval", "multilingual", "nlu", "vqa", "fewshot")
-_SEEDS = {"zeroshot": 101, "retrieval": 102, "nlu": 104, "vqa": 105, "fewshot": 106}
+_SEEDS = {"zeroshot": 101, "retrieval": 102, "nlu": 104, "vqa": 105, "fewshot": 106,
+          "pairs": 107}
 ATTRIBUTES = {"colour": list(B.COLORS), "shape": list(B.SHAPES), "position": list(B.POSITIONS)}
 
 
@@ -105,6 +106,36 @@ def retrieval_task(image_size=64, seed=_SEEDS["retrieval"]):
     return {"images": torch.stack([img for _, img in gallery]),
             "texts": [caps[0] for caps in captions], "captions": captions,
             "objects": [obj for obj, _ in gallery]}
+
+
+def pair_galleries(image_size=64, galleries=8, seed=_SEEDS["pairs"]):
+    """Small galleries of the held-out split, one image per held-out colour x position pair
+    (16; shape, place and size random), each image with its English caption: a list of
+    retrieval tasks as retrieval_task returns. Every image of a gallery differs from the others
+    in colour or position, what the held-out split is about."""
+    out = []
+    for g in range(galleries):
+        objects, images = [], []
+        for k, (color, position) in enumerate(B.combos("heldout")):
+            rng = np.random.default_rng([seed, g, k])
+            shape = _pick(rng, B.SHAPES)
+            objects.append((color, shape, position))
+            images.append(_scene(color, shape, position, rng, image_size))
+        captions = [[B.caption(*obj)] for obj in objects]
+        out.append({"images": torch.stack(images), "texts": [c[0] for c in captions],
+                    "captions": captions, "objects": objects})
+    return out
+
+
+def pair_retrieval(model, galleries=None, image_size=None, ks=(1, 5), **kw):
+    """Retrieval in each of pair_galleries' galleries, recalls averaged over them:
+    {"metrics", "num_images" (per gallery), "galleries", "chance"}."""
+    galleries = galleries or pair_galleries(_model_size(model, image_size))
+    runs = [retrieval(model, task=t, ks=ks, **kw) for t in galleries]
+    keys = [k for k in runs[0]["metrics"] if "recall@" in k]
+    metrics = {k: float(np.mean([r["metrics"][k] for r in runs])) for k in keys}
+    return {"metrics": metrics, "num_images": runs[0]["num_images"], "galleries": len(runs),
+            "chance": runs[0]["chance"]}
 
 
 def multilingual_task(image_size=64, seed=_SEEDS["retrieval"], languages=B.LANGUAGES):

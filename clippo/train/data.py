@@ -197,7 +197,8 @@ def _image_text_dataset(args, kind, image_size):
         from clippo.data.builtin import BuiltinImageText
         n = args.train_num_samples or DEFAULT_BUILTIN_SAMPLES
         return BuiltinImageText(split="train", num_samples=n, image_size=image_size,
-                                seed=args.seed)
+                                seed=args.seed,
+                                languages=getattr(args, "builtin_languages", None))
     if kind == "csv":
         from clippo.data.csv_dataset import CsvDataset
         return CsvDataset(args.train_data, image_size=image_size, sep=args.csv_separator,

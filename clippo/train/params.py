@@ -63,6 +63,26 @@ def _fraction(text):
     return value
 
 
+def _language_mix(text):
+    """'en' / 'en,de' (equal shares) / 'en=0.5,de=0.25,zh=0.25' -> {language: weight}."""
+    from clippo.data.builtin import LANGUAGES
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition("=")
+        if name not in LANGUAGES:
+            raise argparse.ArgumentTypeError(
+                f"unknown language {name!r} in {text!r}; the built-in data has {LANGUAGES}")
+        try:
+            mix[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad weight {weight!r} in {text!r}") from None
+        if not mix[name] >= 0:
+            raise argparse.ArgumentTypeError(f"weights must be >= 0, got {text!r}")
+    if not sum(mix.values()) > 0:
+        raise argparse.ArgumentTypeError(f"no language with a positive weight in {text!r}")
+    return mix
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="clippo train",
@@ -78,6 +98,10 @@ def build_parser():
     g.add_argument("--train-num-samples", type=_positive_int,
                    help="samples per epoch (WebDataset: needed for --epochs; builtin: the "
                         "dataset's size, default 10000)")
+    g.add_argument("--builtin-languages", type=_language_mix,
+                   help="caption languages of the built-in data and their shares, e.g. 'en' "
+                        "or 'en=0.5,de=0.2,ru=0.15,zh=0.15' (default: "
+                        "clippo.data.builtin.LANGUAGE_MIX)")
     g.add_argument("--csv-separator", default="\t", help="CSV field separator")
     g.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths")
     g.add_argument("--csv-caption-key", default="title", help="CSV column of captions")
@@ -254,4 +278,7 @@ def parse_args(argv=None):
         parser.error("--train-data is required (a CSV, WebDataset shards, or 'builtin')")
     if args.beta1 >= 1 or args.beta2 >= 1:
         parser.error("--beta1 and --beta2 must be below 1")
+    if args.builtin_languages and not (args.train_data == "builtin"
+                                       or args.dataset_type == "builtin"):
+        parser.error("--builtin-languages is for --train-data builtin")
     return args
