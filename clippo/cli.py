@@ -137,7 +137,8 @@ def main(argv=None):
 
     p = sub.add_parser("demo", help="train a small CLIPPO on built-in data and evaluate it")
     p.add_argument("--out", default="clippo-demo", help="folder for the report, PNGs, model")
-    p.add_argument("--steps", type=int, help="training steps (default: the demo's recipe)")
+    p.add_argument("--steps", type=int, help="training steps of both stages together (default: "
+                   "the demo's recipe, 1500), split between them in the recipe's proportion")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image drawing)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

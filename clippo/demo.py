@@ -1,15 +1,17 @@
 """`clippo demo`: train a small CLIPPO on the built-in data and evaluate it, in minutes on a CPU.
 
 1. renders built-in captions (four languages, three scripts) as the model sees them;
-2. trains a small CLIPPO with `clippo train` on built-in scenes (`clippo.data.builtin`), text
-   rendered inside the training step;
+2. trains a small CLIPPO on built-in scenes (`clippo.data.builtin`) with two `clippo train`
+   runs, text rendered inside the training step: English captions, then all four languages
+   from the first run's weights (STAGES);
 3. evaluates it on the held-out split, colour x position combinations never seen in training:
    zero-shot classification among the 16 held-out classes and image-text retrieval (galleries
    of the 16 held-out pairs, and the 96-image gallery that also asks for the shape);
 4. writes a report: a printed table, DIR/report.json and PNGs (training curve, rendered captions,
    retrieval examples).
 
-The recipe (RECIPE) is the one `clippo train` runs; `--steps` shortens it for a smoke test.
+The recipe (RECIPE, STAGES) is the one `clippo train` runs, the flags printed; `--steps`
+shortens it for a smoke test.
 """
 import json
 import os
@@ -102,8 +104,8 @@ def _curve_figure(stage_metrics, batch_size, out):
 
 
 def _retrieval_figure(model, task, out, rows=4, top=4):
-    """Held-out captions (as rendered for the model), each with its top retrieved images:
-    green frame = the caption's own image, red = another."""
+    """Held-out captions (as rendered for the model), each with its top retrieved images from
+    a gallery of the 16 held-out pairs: green frame = the caption's own image, red = another."""
     from clippo.figures import labelled_rows, outline
 
     images, texts = task["images"], task["texts"]
@@ -161,13 +163,14 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
           flush=True)
     image_size = model.config["image_size"]
     zs = builtin_eval.zeroshot(model, image_size=image_size)
-    pairs = builtin_eval.pair_retrieval(model, image_size=image_size)
-    ret_task = builtin_eval.retrieval_task(image_size=image_size)
-    ret = builtin_eval.retrieval(model, task=ret_task)
+    galleries = builtin_eval.pair_galleries(image_size=image_size)
+    pairs = builtin_eval.pair_retrieval(model, galleries)
+    ret = builtin_eval.retrieval(model, image_size=image_size)
 
     print("[3/4] writing figures", flush=True)
-    figures = [_caption_figure(model, out), _curve_figure(
-        [(name, st["metrics"]) for name, st in stages], RECIPE["batch_size"], out), _retrieval_figure(model, ret_task, out)]
+    curves = [(name, st["metrics"]) for name, st in stages]
+    figures = [_caption_figure(model, out), _curve_figure(curves, RECIPE["batch_size"], out),
+               _retrieval_figure(model, galleries[0], out)]
 
     report = {
         "zero_shot_top1": zs["metrics"]["acc1"],

@@ -134,3 +134,27 @@ def test_nlu_finetune_leaves_model_unchanged(model_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert set(out) >= {"accuracy", "matthews_corrcoef"}
     assert out["accuracy"] >= 0.5
+
+
+def test_pair_galleries_hold_each_heldout_pair_once():
+    from clippo.data.builtin import combos
+    galleries = BI.pair_galleries(image_size=32, galleries=3)
+    assert len(galleries) == 3
+    for g in galleries:
+        assert g["images"].shape == (16, 3, 32, 32) and g["images"].dtype == torch.uint8
+        assert [(c, p) for c, _, p in g["objects"]] == combos("heldout")
+        assert len(set(g["texts"])) == 16
+    again = BI.pair_galleries(image_size=32, galleries=3)
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(galleries, again))
+    assert not torch.equal(galleries[0]["images"], galleries[1]["images"])
+
+
+def test_pair_retrieval_averages_the_galleries(demo_model_dir):
+    model = load_model(demo_model_dir, "cpu")
+    galleries = BI.pair_galleries(image_size=80, galleries=2)
+    each = [BI.retrieval(model, task=g, ks=(1,))["metrics"]["image_retrieval_recall@1"]
+            for g in galleries]
+    out = BI.pair_retrieval(model, galleries=galleries, ks=(1,))
+    assert out["galleries"] == 2 and out["num_images"] == 16
+    assert out["metrics"]["image_retrieval_recall@1"] == pytest.approx(sum(each) / 2)
+    assert out["chance"]["image_retrieval_recall@1"] == pytest.approx(1 / 16)

@@ -8,6 +8,9 @@ The held-out split is colour x position: 16 of the 72 pairs never appear in trai
                   (prompt ensembling with the shapes as templates)
     retrieval     one image per held-out pair and shape (96), two English captions each
                   naming colour, shape and position (unique in the gallery)
+    pairs         8 galleries of 16 images, one per held-out pair (shape random), an English
+                  caption each: retrieval where colour and position name the image (what
+                  `clippo demo` reports; pair_retrieval averages the recalls)
     multilingual  the same 96 images, one caption per language (en, de, ru, zh)
     nlu           colour: which colour a sentence names (8 classes), trained on English and
                   German, tested on Russian and Chinese; same: does a Latin-script and a
