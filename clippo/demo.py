@@ -41,12 +41,14 @@ STAGES = (
 
 
 def stage_steps(steps=None):
-    """Steps of each stage for a total of `steps` (default RECIPE's): at least 1 each."""
+    """Steps of each stage for a total of `steps` (default RECIPE's), split by the stages'
+    shares, at least 1 each."""
     total = int(steps or RECIPE["steps"])
-    if total < len(STAGES):
+    shares = [share for _, share, _ in STAGES]
+    split = [max(1, round(total * share / sum(shares))) for share in shares[:-1]]
+    if total - sum(split) < 1:
         raise ValueError(f"the demo needs at least {len(STAGES)} steps, got {total}")
-    first = min(max(1, round(total * STAGES[0][1])), total - 1)
-    return [first, total - first]
+    return split + [total - sum(split)]
 
 
 def recipe_argv(out_dir, stage=0, steps=None, workers=1, device=None, progress=True,
@@ -157,6 +159,7 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
         stages.append((name, summary))
         pretrained = summary["model_dir"]
     train_seconds = time.perf_counter() - start
+    total_steps = sum(st["steps"] for _, st in stages)
     model = CLIPPO.from_pretrained(summary["model_dir"]).to(device).eval()
 
     print("[2/4] evaluating on the held-out split (combinations never seen in training)",
@@ -193,12 +196,12 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
         "retrieval_shapes_gallery": ret["num_images"],
         "retrieval_shapes_chance_r1": 1.0 / ret["num_images"],
         "train_seconds": round(train_seconds, 1),
-        "steps": sum(st["steps"] for _, st in stages),
+        "steps": total_steps,
         "stage_steps": {name: st["steps"] for name, st in stages},
         "final_loss": summary["final_loss"],
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "recipe": dict(RECIPE, steps=sum(st["steps"] for _, st in stages),
+        "recipe": dict(RECIPE, steps=total_steps,
                        stages=[dict(name=n, share=f, **flags) for n, f, flags in STAGES]),
         "model_dir": str(summary["model_dir"]),
         "figures": [str(f) for f in figures],

@@ -23,17 +23,14 @@ os.environ.setdefault("CLIPPO_AUTOTUNE", "0")
 DEMO_STEPS = 300
 
 
-def _run_demo(out):
-    from clippo import cli
-    assert cli.main(["demo", "--out", str(out), "--steps", str(DEMO_STEPS), "--workers", "0",
-                     "--no-progress"]) == 0
-    return out, json.loads((out / "report.json").read_text())
-
-
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """(output folder, report dict) of the shortened `clippo demo`."""
-    return _run_demo(tmp_path_factory.mktemp("demo"))
+    from clippo import cli
+    out = tmp_path_factory.mktemp("demo")
+    assert cli.main(["demo", "--out", str(out), "--steps", str(DEMO_STEPS), "--workers", "0",
+                     "--no-progress"]) == 0
+    return out, json.loads((out / "report.json").read_text())
 
 
 @pytest.fixture(scope="session")

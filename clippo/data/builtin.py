@@ -147,8 +147,9 @@ def caption(color, shape, position=None, lang="en", article=True):
     return f"{c}{s}" if p is None else f"{p}{c}{s}"
 
 
-def _language_mix(languages):
-    """(languages, weights summing to 1) from a {language: weight} dict or a sequence."""
+def language_mix(languages):
+    """(languages, weights summing to 1) from a {language: weight} dict or a sequence of
+    languages (equal weights); ValueError for an unknown language or unusable weights."""
     if isinstance(languages, str):
         languages = [languages]
     if not isinstance(languages, dict):
@@ -157,8 +158,10 @@ def _language_mix(languages):
         raise ValueError("languages must name at least one language")
     names = tuple(_check("language", lang, LANGUAGES) for lang in languages)
     weights = np.array([float(w) for w in languages.values()])
-    if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"language weights must be >= 0 with a positive sum, got {languages}")
+    if not np.all(np.isfinite(weights)) or (weights < 0).any():
+        raise ValueError(f"language weights must be finite and >= 0, got {languages}")
+    if weights.sum() <= 0:
+        raise ValueError(f"no language with a positive weight in {languages}")
     return names, tuple(weights / weights.sum())
 
 
@@ -233,11 +236,10 @@ class BuiltinImageText(torch.utils.data.Dataset):
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
-        self.languages, self.language_weights = _language_mix(
+        self.languages, self.language_weights = language_mix(
             LANGUAGE_MIX if languages is None else languages)
         self.position_prob = float(position_prob)
         self.combos = combos(split)
-        self._cumulative = np.cumsum(self.language_weights)[:-1]
 
     def __len__(self):
         return self.num_samples
@@ -252,7 +254,7 @@ class BuiltinImageText(torch.utils.data.Dataset):
         rng = self._rng(i)
         color, position = self.combos[int(rng.integers(len(self.combos)))]
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        lang = self.languages[int(np.searchsorted(self._cumulative, rng.random(), "right"))]
+        lang = self.languages[int(rng.choice(len(self.languages), p=self.language_weights))]
         named = bool(rng.random() < self.position_prob)
         return dict(color=color, shape=shape, position=position, lang=lang, named=named,
                     rng=rng)
