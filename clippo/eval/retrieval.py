@@ -29,8 +29,9 @@ def _encode_gallery(model, dataset, batch_size, num_workers, precision, progress
                          desc="images", total=len(batches))
 
 
-def _scores_and_metrics(zimg, captions_per_image, model, ks, ties, text_batch_size, precision,
-                        progress, desc="captions"):
+def caption_index(captions_per_image):
+    """(texts, text_to_image): every image's captions in gallery order, and each caption's
+    image index."""
     texts, text_to_image = [], []
     for i, caps in enumerate(captions_per_image):
         if isinstance(caps, str):
@@ -39,14 +40,25 @@ def _scores_and_metrics(zimg, captions_per_image, model, ks, ties, text_batch_si
             raise ValueError(f"image {i} has no captions")
         texts += list(caps)
         text_to_image += [i] * len(caps)
-    ztxt = encode_texts(model, texts, batch_size=text_batch_size, precision=precision,
-                        progress=progress, desc=desc).double()
-    zimg = zimg.double()
+    return texts, text_to_image
+
+
+def retrieval_metrics(zimg, ztxt, text_to_image, ks=RECALL_KS, ties="first"):
+    """Recall@K both ways from image [N, D] and caption [T, D] embeddings."""
+    ztxt, zimg = ztxt.double(), zimg.double()
     # scores a block of queries at a time: COCO's 25k x 5k matrix is never held whole
     ranks = M.retrieval_ranks(lambda j0, j1: (ztxt[j0:j1] @ zimg.t()).numpy(),
                               lambda i0, i1: (zimg[i0:i1] @ ztxt.t()).numpy(),
                               text_to_image, len(zimg), ties, chunk=512)
-    return M.retrieval_metrics_from_ranks(*ranks, ks), len(texts)
+    return M.retrieval_metrics_from_ranks(*ranks, ks)
+
+
+def _scores_and_metrics(zimg, captions_per_image, model, ks, ties, text_batch_size, precision,
+                        progress, desc="captions"):
+    texts, text_to_image = caption_index(captions_per_image)
+    ztxt = encode_texts(model, texts, batch_size=text_batch_size, precision=precision,
+                        progress=progress, desc=desc)
+    return retrieval_metrics(zimg, ztxt, text_to_image, ks, ties), len(texts)
 
 
 def evaluate_retrieval(model, dataset, *, ks=RECALL_KS, ties="first", batch_size=64,

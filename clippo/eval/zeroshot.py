@@ -46,12 +46,17 @@ def zero_shot_classifier(model, classnames, templates="clip", *, canonicalize=Tr
     flat = [p for ps in prompts for p in ps]
     z = encode_texts(model, flat, batch_size=batch_size, precision=precision,
                      progress=progress, desc="class prompts")
+    return classifier_from_embeddings(z, prompts).to(model.device)
+
+
+def classifier_from_embeddings(z, prompts):
+    """[D, C] float32 from the embeddings [P, D] of the flattened per-class `prompts`."""
     z = torch.nn.functional.normalize(z.double(), dim=-1)
     owner = torch.repeat_interleave(torch.arange(len(prompts)),
                                     torch.tensor([len(p) for p in prompts]))
     mean = torch.zeros(len(prompts), z.shape[1], dtype=z.dtype).index_add_(0, owner, z)
     w = torch.nn.functional.normalize(mean, dim=-1)  # the mean's direction
-    return w.t().float().to(model.device)
+    return w.t().float()
 
 
 @torch.no_grad()

@@ -35,6 +35,8 @@ import torch
 
 from clippo.train import checkpoint as ckpt_lib
 from clippo.train import distributed as dist_lib
+from clippo.train import evaluate as eval_lib
+from clippo.train import report as report_lib
 from clippo.train.data import check_sources, get_data, steps_for_epochs
 from clippo.train.params import parse_args
 from clippo.train.scheduler import Schedule
@@ -111,21 +113,16 @@ def enable_grad_checkpointing(model):
 # -- output ---------------------------------------------------------------------------------
 
 class MetricsLog:
-    """metrics.jsonl (and TensorBoard when installed), rank 0 only."""
+    """metrics.jsonl (and the --report-to reporters), rank 0 only."""
 
-    def __init__(self, out_dir, start_step, enabled):
+    def __init__(self, out_dir, start_step, enabled, reporters=(), config=None, project=None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
+        self.reporters = None
         if not enabled:
             return
         self._truncate(start_step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed
-            SummaryWriter = None
-        if SummaryWriter is not None:
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
+        self.reporters = report_lib.Reporters(reporters, out_dir, start_step, config, project)
 
     def _truncate(self, start_step):
         """Keep the lines of steps <= start_step (a resumed run rewrites what follows)."""
@@ -150,14 +147,11 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+        self.reporters.write(record)
 
     def close(self):
-        if self.tb is not None:
-            self.tb.close()
+        if self.reporters is not None:
+            self.reporters.close()
 
 
 def save_final_model(model, out_dir):
@@ -259,6 +253,8 @@ class Trainer:
         self.out_dir = Path(args.output)
         self.ckpt_dir = self.out_dir / "checkpoints"
         try:
+            self.reporters = report_lib.parse_report_to(args.report_to)
+            report_lib.check_available(self.reporters)  # a missing package: fail before training
             check_sources(args)
         except (FileNotFoundError, ValueError) as e:
             raise TrainError(str(e)) from None
@@ -299,6 +295,11 @@ class Trainer:
             self.data = get_data(args, self.image_size, env.rank, env.world_size)
         except FileNotFoundError as e:
             raise TrainError(str(e)) from None
+        try:
+            self.evaluator = (eval_lib.Evaluator(args, self.image_size, env)
+                              if eval_lib.enabled(args) else None)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         self.total_steps = args.steps or steps_for_epochs(args.epochs or 1.0,
                                                           self.data.steps_per_epoch)
         try:
@@ -331,7 +332,8 @@ class Trainer:
         else:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
         self.start_step = self.step
-        self.metrics = MetricsLog(self.out_dir, self.step, env.is_master)
+        self.metrics = MetricsLog(self.out_dir, self.step, env.is_master, self.reporters,
+                                  config=vars(args), project=args.wandb_project_name)
         self.bar = None
 
     def log(self, message):
@@ -387,6 +389,20 @@ class Trainer:
         dist_lib.all_reduce_sum(local, env)
         local[0] /= env.world_size
         return local
+
+    def evaluate(self):
+        """--val-data / --zeroshot-data on the current weights (every rank takes part)."""
+        results = self.evaluator.run(self.model, self.loss_fn, self.precision)
+        if results is None:
+            return
+        # NaN (acc5 with fewer than 5 classes) as null: metrics.jsonl stays strict JSON
+        results = {k: (v if v is None or math.isfinite(v) else None) for k, v in results.items()}
+        self.metrics.write({"step": self.step, **results})
+        if self.metrics.enabled:
+            eval_lib.plot(self.metrics.path, self.out_dir / "eval.png")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if v is not None
+                          and k in ("val/loss", "val/image_retrieval_recall@1", "zeroshot/acc1"))
+        self.log(f"clippo train: step {self.step}: {shown}")
 
     def _watch_collapse(self, step_stats):
         """Count, on the device, consecutive steps whose loss is log(rows): no sync."""
@@ -468,6 +484,10 @@ class Trainer:
                 final_loss, rows = self._log_interval(lr, now - interval_start, data_time)
                 samples += rows
                 interval_start, data_time = time.perf_counter(), 0.0
+            if self.evaluator is not None and (self.step == self.total_steps or (
+                    args.eval_every and self.step % args.eval_every == 0)):
+                self.evaluate()
+                interval_start = time.perf_counter()
             if (args.save_every and self.step % args.save_every == 0) \
                     or self.step == self.total_steps:
                 self.watchdog["streak"] = int(self.streak.item())

@@ -186,6 +186,10 @@ def build_parser():
                    "torchrun each rank takes cuda:LOCAL_RANK")
     g.add_argument("--dist-backend", help="torch.distributed backend (default: nccl on CUDA, "
                    "gloo on the CPU)")
+
+    from clippo.train import evaluate, report
+    evaluate.add_arguments(p)
+    report.add_arguments(p)
     return p
 
 
