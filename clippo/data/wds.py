@@ -13,7 +13,8 @@ Epoch length (`num_samples`, OpenCLIP's --train-num-samples): every reader yield
 number of items, ceil(num_samples / (world x workers x batch)) batches (or samples when
 batch_size is None), cycling over its shards if they run out, so all ranks take the same
 number of steps. Without num_samples a reader makes one pass over its shards (ranks may then
-differ in length). `resampled` draws shards with replacement (needs num_samples).
+differ in length). `resampled` draws shards with replacement (needs num_samples), uniformly
+or in proportion to per-shard `weights` (clippo.data.mixture).
 
 Skipping: an undecodable image, a sample without an image or caption, or an empty caption
 becomes None and is counted by collate_image_text in the batch's "skipped". A shard that
@@ -133,8 +134,12 @@ class WebImageTextDataset(IterableDataset):
 
     def __init__(self, urls, image_size=224, *, transform=None, num_samples=None,
                  batch_size=None, num_workers=0, shuffle_buffer=1000, shuffle_initial=None,
-                 shuffle_shards=True, resampled=False, seed=0, rank=None, world_size=None):
+                 shuffle_shards=True, resampled=False, seed=0, rank=None, world_size=None,
+                 weights=None):
         self.urls = expand_shard_urls(urls)
+        if weights is not None and (not resampled or len(weights) != len(self.urls)):
+            raise ValueError("shard weights need resampled=True and one weight per shard")
+        self.weights = list(weights) if weights is not None else None
         self.transform = transform if transform is not None else ImageTransform(image_size)
         if rank is None or world_size is None:
             import torch.distributed as dist
@@ -208,7 +213,10 @@ class WebImageTextDataset(IterableDataset):
         if self.resampled:
             rng = random.Random(f"{self.seed}-{epoch}-{reader}-resample")
             while True:
-                yield rng.choice(self.urls)
+                if self.weights is None:
+                    yield rng.choice(self.urls)
+                else:  # clippo.data.mixture: --train-data-upsampling-factors
+                    yield rng.choices(self.urls, weights=self.weights)[0]
         passes = itertools.count() if self.num_samples is not None else range(1)
         for p in passes:
             order = list(self.urls)

@@ -103,11 +103,33 @@ def dataset_type(train_data, requested="auto"):
 def check_sources(args):
     """The dataset type; FileNotFoundError for a CSV or text-pair file that is not there."""
     kind = dataset_type(args.train_data, args.dataset_type)
+    _check_mixture(args, kind)
     if kind == "csv" and not Path(args.train_data).is_file():
         raise FileNotFoundError(f"--train-data {args.train_data}: no such file")
     if args.text_pairs and args.text_pairs != "builtin" and not Path(args.text_pairs).is_file():
         raise FileNotFoundError(f"--text-pairs {args.text_pairs}: no such file")
     return kind
+
+
+def _check_mixture(args, kind):
+    """'::'-joined sources, --train-data-upsampling-factors and --dataset-resampled are for
+    WebDataset shards (clippo.data.mixture); factors need --dataset-resampled (as OpenCLIP)."""
+    from clippo.data.mixture import SEPARATOR, parse_factors, split_sources
+    factors = getattr(args, "train_data_upsampling_factors", None)
+    resampled = getattr(args, "dataset_resampled", False)
+    if kind != "webdataset":
+        for flag, given in (("'::'-joined sources", SEPARATOR in str(args.train_data)),
+                            ("--dataset-resampled", resampled),
+                            ("--train-data-upsampling-factors", factors)):
+            if given:
+                raise ValueError(f"{flag}: for WebDataset shards only (--train-data "
+                                 f"{args.train_data} is {kind} data)")
+        return
+    if factors is not None:
+        if not resampled:
+            raise ValueError("--train-data-upsampling-factors needs --dataset-resampled "
+                             "(shards drawn with replacement, as OpenCLIP)")
+        parse_factors(factors, len(split_sources(args.train_data)))
 
 
 def _pin_memory(args):
@@ -220,11 +242,15 @@ def _webdataset_loader(args, image_size, batch_size, rank, world_size):
     import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
+    from clippo.data.mixture import weighted_shards
     from clippo.data.wds import WebImageTextDataset
     if not args.train_num_samples:
         raise ValueError("WebDataset training data needs --train-num-samples (the epoch "
                          "length, so that every rank takes the same number of steps)")
-    dataset = WebImageTextDataset(args.train_data, image_size=image_size,
+    urls, weights = weighted_shards(args.train_data,
+                                    getattr(args, "train_data_upsampling_factors", None))
+    dataset = WebImageTextDataset(urls, image_size=image_size, weights=weights,
+                                  resampled=getattr(args, "dataset_resampled", False),
                                   transform=_transform(args, image_size),
                                   num_samples=args.train_num_samples, batch_size=batch_size,
                                   num_workers=args.workers, seed=args.seed, rank=rank,

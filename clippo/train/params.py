@@ -96,6 +96,12 @@ def build_parser():
     g.add_argument("--train-num-samples", type=_positive_int,
                    help="samples per epoch (WebDataset: needed for --epochs; builtin: the "
                         "dataset's size, default 10000)")
+    g.add_argument("--dataset-resampled", action="store_true",
+                   help="WebDataset: each reader draws shards with replacement (seeded by seed, "
+                        "epoch and reader: resuming stays exact)")
+    g.add_argument("--train-data-upsampling-factors",
+                   help="WebDataset sources joined by '::' in --train-data: one weight per "
+                        "source, '::'-joined (OpenCLIP's meaning; needs --dataset-resampled)")
     g.add_argument("--builtin-languages", type=_language_mix,
                    help="caption languages of the built-in data and their shares, e.g. 'en' "
                         "or 'en=0.5,de=0.2,ru=0.15,zh=0.15' (default: "
