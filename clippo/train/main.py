@@ -36,6 +36,7 @@ import torch
 from clippo.train import checkpoint as ckpt_lib
 from clippo.train import distributed as dist_lib
 from clippo.train import evaluate as eval_lib
+from clippo.train import fsdp as fsdp_lib
 from clippo.train import report as report_lib
 from clippo.train.data import check_sources, get_data, steps_for_epochs
 from clippo.train.params import parse_args
@@ -263,6 +264,7 @@ class Trainer:
         if env.is_master:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             ckpt_lib.remove_temporaries(self.ckpt_dir)
+            fsdp_lib.remove_orphan_shards(self.ckpt_dir)
         dist_lib.barrier(env)
         self.resume_path, ckpt = _resolve_resume(args, self.ckpt_dir, env)
 
@@ -277,15 +279,22 @@ class Trainer:
         self.task = ContrastiveTask(self.model, self.loss_fn).to(self.device)
         self.optimizer = build_optimizer(args, self.task)
         if ckpt is not None:
+            if ckpt.get("sharded") and not args.fsdp:
+                raise TrainError(f"{self.resume_path} is a sharded --fsdp checkpoint: resume "
+                                 f"it with --fsdp")
             _check_resume_compatible(ckpt, args, env, self.model)
-            self.task.load_state_dict(ckpt["task"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("task") is not None:  # a sharded one is loaded once sharded
+                self.task.load_state_dict(ckpt["task"])
+            if not args.fsdp:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
         if args.grad_checkpointing:
             enable_grad_checkpointing(self.model)
         if args.torchcompile:
             self.model.img.compile()
         self.module = self.task
-        if env.distributed:
+        if args.fsdp:
+            self._shard(ckpt)
+        elif env.distributed:
             from torch.nn.parallel import DistributedDataParallel
             self.module = DistributedDataParallel(
                 self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -339,23 +348,60 @@ class Trainer:
     def log(self, message):
         _log(self.env, message, self.bar)
 
+    # -- --fsdp (clippo.train.fsdp) ----------------------------------------------------------
+    def _shard(self, ckpt):
+        """fully_shard the task; the optimizer is built on the sharded parameters."""
+        try:
+            fsdp_lib.check_supported(self.env)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        fsdp_lib.shard(self.task, self.device)
+        self.optimizer = build_optimizer(self.args, self.task)
+        if ckpt is None:
+            return
+        if ckpt.get("sharded"):
+            fsdp_lib.load_sharded(self.task, self.optimizer, self.resume_path)
+        else:
+            fsdp_lib.load_full_state(self.task, self.optimizer, ckpt["optimizer"])
+
+    def _make_task(self):
+        from clippo.loss import create_loss
+        from clippo.model.clippo import CLIPPO
+        return ContrastiveTask(CLIPPO.from_config(self.model.config), create_loss(self.args.loss))
+
+    def plain_task(self):
+        """The task with whole (unsharded) weights: itself, or under --fsdp a gathered copy on
+        every rank (a collective: every rank calls it)."""
+        if not self.args.fsdp:
+            return self.task
+        return fsdp_lib.plain_task(self.task, self._make_task).to(self.device)
+
     def save_checkpoint(self):
         """Gather every rank's RNG and data state; rank 0 writes the file (atomically)."""
         states = dist_lib.all_gather_object(
             {"rng": ckpt_lib.rng_state(), "data": self.data.state_dict()}, self.env)
+        path = self.ckpt_dir / ckpt_lib.checkpoint_name(self.step)
+        sharded = None
+        if not self.args.fsdp:
+            task_state, optimizer_state = (self.task.state_dict(), self.optimizer.state_dict()) \
+                if self.env.is_master else (None, None)
+        elif self.args.fsdp_checkpoint == "sharded":  # every rank writes its shards first
+            task_state = optimizer_state = None
+            sharded = fsdp_lib.save_sharded(self.task, self.optimizer, path).name
+        else:
+            task_state, optimizer_state = fsdp_lib.full_state(self.task, self.optimizer)
         if not self.env.is_master:
             return None
         payload = {
             "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "step": self.step,
             "epoch": self.data.epoch(self.step), "world_size": self.env.world_size,
-            "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "task": task_state, "optimizer": optimizer_state, "sharded": sharded,
             "scheduler": {"step": self.step, **self.schedule.state_dict()},
             "model_config": self.model.config, "args": vars(self.args),
             "watchdog": dict(self.watchdog),
             "log_interval": {"stats": self.stats.cpu(), "steps": self.interval_steps},
             "rng": [s["rng"] for s in states], "data": [s["data"] for s in states],
         }
-        path = self.ckpt_dir / ckpt_lib.checkpoint_name(self.step)
         try:
             ckpt_lib.atomic_save(payload, path)
         except OSError as e:
@@ -363,6 +409,8 @@ class Trainer:
                      f"checkpoints are intact and training goes on")
             return None
         ckpt_lib.prune(self.ckpt_dir, self.args.keep)
+        if self.args.fsdp:
+            fsdp_lib.remove_orphan_shards(self.ckpt_dir)
         return path
 
     def _step(self, batch):
@@ -385,14 +433,15 @@ class Trainer:
         if out is not None:
             local[0].copy_(out["loss"])
             local[1].fill_(out["n"])
-            self.grad_norm = out["grad_norm"]
+            self.grad_norm = fsdp_lib.full_value(out["grad_norm"])
         dist_lib.all_reduce_sum(local, env)
         local[0] /= env.world_size
         return local
 
     def evaluate(self):
         """--val-data / --zeroshot-data on the current weights (every rank takes part)."""
-        results = self.evaluator.run(self.model, self.loss_fn, self.precision)
+        task = self.plain_task()
+        results = self.evaluator.run(task.model, task.loss, self.precision)
         if results is None:
             return
         # NaN (acc5 with fewer than 5 classes) as null: metrics.jsonl stays strict JSON
@@ -423,12 +472,12 @@ class Trainer:
             "step": self.step, "epoch": self.data.epoch(self.step - 1), "loss": loss, "lr": lr,
             "samples_per_s": rows / elapsed if elapsed > 0 else None,
             "skipped": int(skipped), "batch_size": int(rows / n),
-            "logit_scale": float(self.model.temperature.item()),
+            "logit_scale": float(fsdp_lib.full_value(self.model.t.detach()).exp()[0]),
             "grad_norm": float(self.grad_norm.item()) if self.grad_norm is not None else None,
             "data_time": data_time / n, "step_time": elapsed / n,
         }
         if self.args.loss == "sigmoid":
-            record["logit_bias"] = float(self.loss_fn.logit_bias.item())
+            record["logit_bias"] = float(fsdp_lib.full_value(self.loss_fn.logit_bias.detach()))
         self.metrics.write(record)
         self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{record['samples_per_s'] or 0:,.0f}",
                              refresh=False)
@@ -496,9 +545,10 @@ class Trainer:
         self.metrics.close()
         train_seconds = time.perf_counter() - train_start
         model_dir = self.out_dir / "model"
+        final = self.plain_task().model
         if env.is_master:
             try:
-                save_final_model(self.model, self.out_dir)
+                save_final_model(final, self.out_dir)
             except OSError as e:
                 raise OSError(f"could not write the final model to {model_dir}: {e}") from e
             self.log(f"clippo train: done, {self.total_steps} steps; model in {model_dir}")

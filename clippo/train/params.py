@@ -193,9 +193,10 @@ def build_parser():
     g.add_argument("--dist-backend", help="torch.distributed backend (default: nccl on CUDA, "
                    "gloo on the CPU)")
 
-    from clippo.train import evaluate, report
+    from clippo.train import evaluate, fsdp, report
     evaluate.add_arguments(p)
     report.add_arguments(p)
+    fsdp.add_arguments(p)
     return p
 
 
