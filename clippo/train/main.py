@@ -6,7 +6,10 @@
 Writes, under --output DIR:
     metrics.jsonl         one JSON object per logged step (step, epoch, loss, lr, samples_per_s,
                           skipped, logit_scale, grad_norm, data_time, step_time, batch_size),
-                          from rank 0; TensorBoard event files too when tensorboard is installed
+                          from rank 0 (and, with --val-data / --zeroshot-data, the evaluation's
+                          lines: step, val/..., zeroshot/...); --report-to sends the same
+                          scalars to TensorBoard (OUTPUT/tensorboard) and/or wandb
+    eval.png              the evaluation's curves (with --val-data / --zeroshot-data)
     checkpoints/          step_<step>.pt every --save-every steps and at the end (atomic)
     model/                the final model, as CLIPPO.save_pretrained writes it
     args.json             the resolved flags of the (latest) run
