@@ -41,12 +41,26 @@ def _options(**kw):
 
 
 def shard(task, device):
-    """fully_shard the task in place: every transformer block, then the root."""
+    """fully_shard the task in place: every transformer block, then the root.
+
+    fully_shard cannot shard a 0-dim parameter (the sigmoid loss's bias): such parameters stay
+    whole on every rank and their gradient is averaged over the ranks after each backward
+    pass, as DDP would (with accumulation too: the part already averaged is the same on every
+    rank, so averaging the sum again only averages the new part)."""
     from torch.distributed.fsdp import fully_shard
     for block in task.model.img.Transformer.blocks():
         fully_shard(block)
-    fully_shard(task)
+    scalars = {p for p in task.parameters() if p.ndim == 0 and p.requires_grad}
+    fully_shard(task, ignored_params=scalars or None)
+    for p in scalars:
+        p.register_post_accumulate_grad_hook(_average_gradient)
     return task
+
+
+def _average_gradient(param):
+    import torch.distributed as dist
+    dist.all_reduce(param.grad)
+    param.grad.div_(dist.get_world_size())
 
 
 def full_value(tensor):
