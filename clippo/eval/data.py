@@ -565,9 +565,9 @@ def _no_labels_error(path, task, column):
 
 def _check_glue_header(path, task, columns):
     """The header of a GLUE task's TSV: a test file (text columns, no label) gets its own
-    message; the custom task's columns come from flags."""
+    message; a custom task's columns come from flags."""
     texts = [k for k in (task.text_a, task.text_b) if k is not None]
-    if task.name == "custom":
+    if GLUE_TASKS.get(task.name) is not task:
         _need_columns(path, columns, texts + [task.label],
                       ["--text-a-key", "--text-b-key"][:len(texts)] + ["--label-key"])
         return

@@ -139,7 +139,7 @@ def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logi
             types.setdefault(t, []).append(acc)
     if types:
         out["per_answer_type"] = {t: float(np.mean(v)) for t, v in sorted(types.items())}
-    out.update(answer_rule=answer_rule, num_answers=len(vocab), num_train=len(kept_train), num_test=len(kept_test),
-               train_unanswerable=int((~answerable).sum()), skipped_train=list(skipped_train),
-               skipped=list(skipped_test))
+    out.update(answer_rule=answer_rule, num_answers=len(vocab), num_train=len(kept_train),
+               num_test=len(kept_test), train_unanswerable=int((~answerable).sum()),
+               skipped_train=list(skipped_train), skipped=list(skipped_test))
     return out
