@@ -228,18 +228,25 @@ def _finish(args, res, default_name):
     return res
 
 
+def zeroshot_inputs(args, image_size):
+    """(dataset, class names, templates or per-class prompts, chance or None) of `clippo eval
+    zeroshot`'s flags (also what `clippo train --zeroshot-data` evaluates on)."""
+    if args.data == BUILTIN:
+        ds, classes, prompts = BI.zeroshot_task(image_size)
+        templates = load_prompts(args.templates, args.dataset) if args.templates else prompts
+        n = len(classes)
+        return ds, classes, templates, {"acc1": 1 / n, "acc5": min(5, n) / n,
+                                        "mean_per_class_recall": 1 / n}
+    holder = argparse.Namespace(img=argparse.Namespace(image_size=image_size))
+    ds, classes = _classification_data(args, args.data, holder, args.classnames)
+    return ds, classes, load_prompts(args.templates or "clip", args.dataset), None
+
+
 def run_zeroshot(args, model=None, precision=None, name=None):
     from clippo.eval.zeroshot import evaluate_zeroshot
     if model is None:
         model, precision, name = _setup(args)
-    if args.data == BUILTIN:
-        ds, classes, prompts = BI.zeroshot_task(model.img.image_size)
-        templates = load_prompts(args.templates, args.dataset) if args.templates else prompts
-        n = len(classes)
-        chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n}
-    else:
-        ds, classes = _classification_data(args, args.data, model, args.classnames)
-        templates, chance = load_prompts(args.templates or "clip", args.dataset), None
+    ds, classes, templates, chance = zeroshot_inputs(args, model.img.image_size)
     m = evaluate_zeroshot(model, ds, classes, templates, canonicalize=not args.no_canonicalize,
                           ties=args.ties, **_kw(args, precision))
     skipped = m.pop("skipped")

@@ -42,10 +42,12 @@ def add_arguments(parser):
                    "zeroshot --data` takes it: an ImageFolder directory, a CSV with filepath and "
                    "label columns, or 'builtin': zeroshot/acc1, zeroshot/acc5")
     g.add_argument("--zeroshot-templates", help="as `clippo eval zeroshot --templates`: clip, "
-                   "short, name, a file of templates or a .json of per-class prompts (default: "
-                   "clip; builtin: its own prompts)")
+                   "short, name, a file of templates, or JSON (CLIP_benchmark's templates, CuPL "
+                   "prompts) (default: clip; builtin: its own prompts)")
     g.add_argument("--zeroshot-classnames", help="as `clippo eval zeroshot --classnames`: class "
-                   "names, one per line")
+                   "names, one per line, or JSON")
+    g.add_argument("--zeroshot-dataset", help="as `clippo eval zeroshot --dataset`: the entry "
+                   "of JSON template/class-name files keyed by dataset name")
     g.add_argument("--eval-every", type=_non_negative_int, default=0,
                    help="steps between evaluations (0: only after the last step)")
 
@@ -103,27 +105,18 @@ class Evaluator:
         return CaptionedImages(pairs, self.image_size)
 
     def _read_zeroshot(self, args):
-        from clippo.eval import builtin as BI
-        from clippo.eval.main import BUILTIN, _classification_data
-        from clippo.eval.templates import load_class_prompts
-        extra = []
-        if args.zeroshot_templates:
-            extra += ["--templates", args.zeroshot_templates]
-        if args.zeroshot_classnames:
-            extra += ["--classnames", args.zeroshot_classnames]
-        ns = _eval_namespace("zeroshot", args.zeroshot_data, extra)
-        if ns.data == BUILTIN:
-            dataset, classes, prompts = BI.zeroshot_task(self.image_size)
-            templates = ns.templates or prompts
-        else:
-            if not Path(ns.data).exists():
-                raise FileNotFoundError(f"--zeroshot-data {ns.data}: no such file or directory")
-            holder = argparse.Namespace(img=argparse.Namespace(image_size=self.image_size))
-            dataset, classes = _classification_data(ns, ns.data, holder, ns.classnames)
-            templates = ns.templates or "clip"
-        if isinstance(templates, str) and templates.lower().endswith(".json"):
-            templates = load_class_prompts(templates)
+        from clippo.eval.main import BUILTIN, zeroshot_inputs
         from clippo.eval.zeroshot import class_prompts
+        extra = []
+        for flag, value in (("--templates", args.zeroshot_templates),
+                            ("--classnames", args.zeroshot_classnames),
+                            ("--dataset", args.zeroshot_dataset)):
+            if value:
+                extra += [flag, value]
+        ns = _eval_namespace("zeroshot", args.zeroshot_data, extra)
+        if ns.data != BUILTIN and not Path(ns.data).exists():
+            raise FileNotFoundError(f"--zeroshot-data {ns.data}: no such file or directory")
+        dataset, classes, templates, _ = zeroshot_inputs(ns, self.image_size)
         prompts = class_prompts(classes, templates, canonicalize=not ns.no_canonicalize)
         return {"dataset": dataset, "classes": classes, "prompts": prompts, "ties": ns.ties}
 
