@@ -101,19 +101,21 @@ def _caption_of(sample):
 
 
 def decode_sample(sample, transform):
-    """webdataset sample dict -> (uint8 image [3, S, S], caption) or None (skip)."""
+    """webdataset sample dict -> (uint8 image [3, S, S], caption) or a Skipped naming it."""
+    from clippo.data.collate import Skipped
+    name = f"{sample.get('__url__', '')}:{sample.get('__key__')}".lstrip(":")
     caption = _caption_of(sample)
     caption = caption.strip() if caption is not None else ""
     if not caption:
         log.debug("%s: no caption; skipped", sample.get("__key__"))
-        return None
+        return Skipped(f"{name} (no caption)")
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         log.debug("%s: no image (%s); skipped", sample.get("__key__"), "/".join(IMAGE_KEYS))
-        return None
+        return Skipped(f"{name} (no image)")
     image = load_and_transform(data, transform)
     if image is None:
-        return None
+        return Skipped(name)
     return image, caption
 
 
