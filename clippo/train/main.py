@@ -321,6 +321,7 @@ class Trainer:
 
     def __init__(self, args, env):
         self.args, self.env, self.device = args, env, env.device
+        self.bar = None  # the progress bar, during train()
         self.out_dir = Path(args.output)
         self.ckpt_dir = self.out_dir / "checkpoints"
         try:
