@@ -388,7 +388,7 @@ class Trainer:
         # skip_window: (samples read, skipped) since the last --max-skip-fraction check
         self.watchdog = {"streak": 0, "warned": False, "nonfinite_streak": 0,
                          "skip_window": [0, 0]}
-        self.stats = torch.zeros(STOP + 1, dtype=torch.float64, device=self.device)
+        self.stats = torch.zeros(STOP, dtype=torch.float64, device=self.device)  # LOSS..NONFINITE
         self.interval_steps = 0
         if ckpt is not None:
             self.step = int(ckpt["step"])
@@ -405,7 +405,6 @@ class Trainer:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
         self.start_step = self.step
         self.metrics = MetricsLog(self.out_dir, self.step, env.is_master)
-        self.bar = None
         self.skip_names = []  # a few names of this interval's skipped samples (this rank)
         self.stop_signals = StopSignals()
         self.stop_pending = None
@@ -438,7 +437,8 @@ class Trainer:
         if self.last_checkpoint is None:
             return "No checkpoint was written before; start again with a lower --lr."
         return (f"The last good checkpoint is {self.last_checkpoint}: resume from it with a "
-                f"lower --lr (--resume {self.last_checkpoint} --resume-allow-changes).")
+                f"lower --lr, e.g. clippo train --config {self.out_dir / 'args.json'} --resume "
+                f"{self.last_checkpoint} --lr {self.args.lr / 10:.2g} --resume-allow-changes")
 
     def _check_nonfinite_streak(self):
         """FloatingPointError after --max-nonfinite non-finite steps in a row (checked at
@@ -566,13 +566,13 @@ class Trainer:
 
     def _watch_collapse(self, step_stats):
         """Count, on the device, consecutive steps whose loss is log(rows): no sync."""
-        loss, rows = step_stats[0], step_stats[1]
+        loss, rows = step_stats[LOSS], step_stats[ROWS]
         near = ((loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE) & (rows > 1)
         self.streak = (self.streak + 1) * near
         self.longest = torch.maximum(self.longest, self.streak)
 
     def _log_interval(self, lr, elapsed, data_time):
-        loss_sum, rows, skipped, counted, nonfinite, _ = self.stats.tolist()
+        loss_sum, rows, skipped, counted, nonfinite = self.stats.tolist()
         n = self.interval_steps
         # the mean over the steps that ran: none of an all-skipped or non-finite step
         loss = loss_sum / counted if counted else None
@@ -605,11 +605,9 @@ class Trainer:
         self.interval_steps = 0
         return loss, rows
 
-    def _stop(self, saved):
-        """After a SIGINT/SIGTERM: a checkpoint of this step (unless just written), then
-        StopRequested with the command that resumes."""
-        self.watchdog["streak"] = int(self.streak.item())
-        path = self.last_checkpoint if saved else self.save_checkpoint()
+    def _stop(self, path):
+        """After a SIGINT/SIGTERM, with `path` the checkpoint of this step (None: the save
+        failed): StopRequested with the command that resumes."""
         path = dist_lib.broadcast_object(path, self.env)  # rank 0 wrote it
         self.bar.close()
         self.metrics.close()
@@ -658,7 +656,7 @@ class Trainer:
             batch = next(self.batches)
             data_time += time.perf_counter() - t0
             step_stats = self._step(batch)
-            self.stats += step_stats
+            self.stats += step_stats[:STOP]
             self._watch_nonfinite(step_stats)
             if args.loss == "softmax":
                 self._watch_collapse(step_stats)
@@ -670,14 +668,15 @@ class Trainer:
                 final_loss, rows = self._log_interval(lr, now - interval_start, data_time)
                 samples += rows
                 interval_start, data_time = time.perf_counter(), 0.0
-            saved = False
+            saved, written = False, None
             if (args.save_every and self.step % args.save_every == 0) \
                     or self.step == self.total_steps:
                 self.watchdog["streak"] = int(self.streak.item())
-                checkpoint = self.save_checkpoint() or checkpoint
-                saved = True
+                written, saved = self.save_checkpoint(), True
+                checkpoint = written or checkpoint
             if self.step < self.total_steps and self._stop_requested(step_stats):
-                self._stop(saved)
+                self.watchdog["streak"] = int(self.streak.item())
+                self._stop(written if saved else self.save_checkpoint())
         self.bar.close()
         self.metrics.close()
         train_seconds = time.perf_counter() - train_start
