@@ -124,8 +124,9 @@ def main(argv=None):
     p = sub.add_parser("render", help="render text to an image file (one image, or a grid)")
     p.add_argument("text", nargs="*", help="strings to render, one image each")
     p.add_argument("-f", "--file", help="a UTF-8 text file: one image per line")
-    p.add_argument("-o", "--output", "--out", default="clippo-render.png", help="image file; its suffix "
-                   "picks the format: .png, or .jpg, .bmp, .tif, .webp, ... (with Pillow)")
+    p.add_argument("-o", "--output", "--out", default="clippo-render.png",
+                   help="image file; its suffix picks the format: .png, or .jpg, .bmp, .tif, "
+                   ".webp, ... (with Pillow)")
     p.add_argument("--columns", type=int, help="grid columns (default: about square)")
     _render_args(p)
 

@@ -380,3 +380,9 @@ def test_from_pretrained_takes_a_run_folder(tmp_path):
     loaded = clippo.CLIPPO.from_pretrained(tmp_path / "run")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  loaded.state_dict().values()))
+    from clippo.eval.common import load_model  # what `clippo eval --model RUN_DIR` loads
+    evaluated = load_model(tmp_path / "run", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 evaluated.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        clippo.CLIPPO.from_pretrained(tmp_path)  # neither a model nor a run folder

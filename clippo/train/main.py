@@ -55,7 +55,7 @@ from clippo.train import checkpoint as ckpt_lib
 from clippo.train import distributed as dist_lib
 from clippo.train.data import check_sources, get_data, steps_for_epochs
 from clippo.train.nonfinite import nonfinite_tensors
-from clippo.train.params import changed_flags, parse_args, run_config
+from clippo.train.params import SKIP_CHECK_SAMPLES, changed_flags, parse_args, run_config
 from clippo.train.scheduler import Schedule
 from clippo.train.step import ContrastiveTask, train_step
 from clippo.train.stop import StopRequested, StopSignals
@@ -63,7 +63,6 @@ from clippo.train.stop import StopRequested, StopSignals
 COLLAPSE_TOLERANCE = 1e-3  # |loss - log(batch)| below this: every embedding the same
 COLLAPSE_STEPS = 50
 SKIP_WARN_SHARE = 0.01  # warn when more of a logging interval's samples were skipped
-SKIP_CHECK_SAMPLES = 100  # --max-skip-fraction is checked once this many samples were read
 SKIP_NAMES_SHOWN = 3
 
 # the per-step statistics summed over ranks and over a logging interval (a float64 vector)

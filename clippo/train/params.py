@@ -18,6 +18,7 @@ SCHEDULERS = ("cosine", "rsqrt", "const")
 OPTIMIZERS = ("adamw", "adafactor")
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("softmax", "sigmoid")
+SKIP_CHECK_SAMPLES = 100  # --max-skip-fraction is checked once this many samples were read
 
 
 def _positive_int(text):
@@ -143,8 +144,9 @@ def build_parser():
                         "when fewer")
     g.add_argument("--max-skip-fraction", type=_fraction_in_unit_interval, default=0.5,
                    help="stop with an error when more than this share of the samples read "
-                        "since the last check (made at logged steps, once 100 samples were "
-                        "read) was skipped as unreadable; 1: never")
+                        "since the last check (made at logged steps, once "
+                        f"{SKIP_CHECK_SAMPLES} samples were read) was skipped as unreadable; "
+                        "1: never")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="clippo-B-16",
