@@ -66,7 +66,7 @@ def read_csv_pairs(path, sep=",", img_key="filepath", caption_key="title"):
 
 
 class CsvDataset(Dataset):
-    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or None (skip).
+    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or a Skipped (skip).
 
     transform: a callable PIL RGB image -> uint8 tensor; default ImageTransform(image_size)
     (plain resize to the model's size, as the reference).

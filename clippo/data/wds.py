@@ -16,7 +16,8 @@ number of steps. Without num_samples a reader makes one pass over its shards (ra
 differ in length). `resampled` draws shards with replacement (needs num_samples).
 
 Skipping: an undecodable image, a sample without an image or caption, or an empty caption
-becomes None and is counted by collate_image_text in the batch's "skipped". A shard that
+becomes a Skipped ("shard:key") and is counted by collate_image_text in the batch's
+"skipped". A shard that
 cannot be opened or read to its end is reported with a warning and the rest of it is skipped
 (its lost samples cannot be counted).
 
