@@ -405,6 +405,9 @@ def parse_args(argv=None):
         parser.error("--train-data is required (a CSV, WebDataset shards, or 'builtin')")
     if args.beta1 >= 1 or args.beta2 >= 1:
         parser.error("--beta1 and --beta2 must be below 1")
+    if 0 < args.logit_scale_max < 1:
+        parser.error("--logit-scale-max must be 0 (no clamp) or at least 1 (the clamp keeps the "
+                     "logit scale in [1, max])")
     if args.builtin_languages and not (args.train_data == "builtin"
                                        or args.dataset_type == "builtin"):
         parser.error("--builtin-languages is for --train-data builtin")
