@@ -421,7 +421,10 @@ class Trainer:
                      f"--batch-size or more data.")
 
     def _resume_command(self):
-        return f"clippo train --config {self.out_dir / 'args.json'} --resume latest"
+        launcher = "clippo train"
+        if self.env.distributed:  # the user's own torchrun options go where "..." stands
+            launcher = "torchrun ... -m clippo.train"
+        return f"{launcher} --config {self.out_dir / 'args.json'} --resume latest"
 
     def _check_state_finite(self):
         """FloatingPointError before a save if a weight or optimizer state is NaN/Inf."""
