@@ -98,7 +98,8 @@ def _curve_figure(stage_metrics, batch_size, out):
     series, offset = {}, 0
     for name, path in stage_metrics:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-        series[f"loss, {name}"] = ([offset + r["step"] for r in rows], [r["loss"] for r in rows])
+        ran = [r for r in rows if r["loss"] is not None]  # null: no step of it ran
+        series[f"loss, {name}"] = ([offset + r["step"] for r in ran], [r["loss"] for r in ran])
         offset += rows[-1]["step"] if rows else 0
     plot = line_plot(series, title="clippo demo: contrastive loss", hlines=[
                          (float(np.log(batch_size)), "log(batch): chance")])

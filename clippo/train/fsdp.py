@@ -163,3 +163,14 @@ def check_supported(env):
     if not env.distributed:
         raise ValueError("--fsdp shards over the ranks of a torchrun job: start it with "
                          "torchrun --nproc_per_node N (N > 1)")
+
+
+def local_shards(state):
+    """A (nested) state dict with every sharded tensor replaced by this rank's shard."""
+    if hasattr(state, "to_local"):
+        return state.to_local()
+    if isinstance(state, dict):
+        return {k: local_shards(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(local_shards(v) for v in state)
+    return state
