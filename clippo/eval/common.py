@@ -13,6 +13,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LAYERS = ("embedding", "pre_logits")
 
 
+class NothingScored(ValueError):
+    """Not one sample of a task could be scored (every image missing or undecodable): a
+    metric over zero samples is no result, so evaluation stops instead of reporting one."""
+
+
 def resolve_device(device=None):
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,7 +8,7 @@ wrong candidate first).
 import torch
 
 from clippo.eval import metrics as M
-from clippo.eval.common import encode_images, encode_texts
+from clippo.eval.common import NothingScored, encode_images, encode_texts
 from clippo.eval.data import ImageDataset, loader
 
 RECALL_KS = (1, 5, 10)
@@ -24,9 +24,15 @@ class CaptionedImages(ImageDataset):
 
 
 def _encode_gallery(model, dataset, batch_size, num_workers, precision, progress):
+    """(features, captions, indices, skipped) of the decodable images; none: NothingScored."""
+    model.eval()
     batches = loader(dataset, batch_size, num_workers)
-    return encode_images(model, batches, precision=precision, progress=progress,
-                         desc="images", total=len(batches))
+    out = encode_images(model, batches, precision=precision, progress=progress,
+                        desc="images", total=len(batches))
+    if not len(out[1]):
+        raise NothingScored(f"no image could be decoded ({len(out[3])} skipped): nothing to "
+                            f"retrieve")
+    return out
 
 
 def _scores_and_metrics(zimg, captions_per_image, model, ks, ties, text_batch_size, precision,
@@ -56,11 +62,8 @@ def evaluate_retrieval(model, dataset, *, ks=RECALL_KS, ties="first", batch_size
     dataset: a CaptionedImages (or any dataset yielding (image or None, [captions], index)).
     Images that cannot be decoded are left out with their captions and listed in "skipped".
     """
-    model.eval()
     zimg, captions, _, skipped = _encode_gallery(model, dataset, batch_size, num_workers,
                                                  precision, progress)
-    if not len(captions):
-        raise ValueError("no image could be decoded: nothing to retrieve")
     out, n_texts = _scores_and_metrics(zimg, captions, model, ks, ties, text_batch_size,
                                        precision, progress)
     out.update(num_images=len(captions), num_texts=n_texts, skipped=list(skipped))
@@ -76,11 +79,8 @@ def evaluate_multilingual_retrieval(model, dataset, languages=None, *, ks=RECALL
     dataset yields (image or None, {language: [captions]}, index). Returns the mean over
     languages under the usual keys, and "per_language": {lang: {...}}.
     """
-    model.eval()
     zimg, captions, _, skipped = _encode_gallery(model, dataset, batch_size, num_workers,
                                                  precision, progress)
-    if not len(captions):
-        raise ValueError("no image could be decoded: nothing to retrieve")
     if languages is None:
         languages = sorted(captions[0])
     per_language = {}
