@@ -32,19 +32,17 @@ class DataFormatError(ValueError):
 
 # -- images ------------------------------------------------------------------------------------
 
+def _transform(image_size):
+    from clippo.data.transforms import ImageTransform
+    return ImageTransform(image_size if isinstance(image_size, int) else tuple(image_size))
+
+
 def load_image(path, image_size):
-    """uint8 [3, S, S] from an image file, or None when it cannot be read or decoded."""
-    from PIL import Image
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[::-1]
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != size:
-                im = im.resize(size, Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception:  # any decoder failure (truncated, not an image, decompression bomb...)
-        return None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    """uint8 [3, S, S] from an image file, or None when it cannot be read or decoded: the
+    training pipeline's decode and resize (clippo.data.transforms), so a JPEG gives the same
+    pixels in training and evaluation."""
+    from clippo.data.transforms import load_and_transform
+    return load_and_transform(path, _transform(image_size))
 
 
 def as_image(image, image_size):
@@ -58,13 +56,13 @@ def as_image(image, image_size):
         image = torch.from_numpy(np.ascontiguousarray(image))
         if image.dim() == 3 and image.shape[-1] == 3:
             image = image.permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):  # a PIL image
+    if not isinstance(image, torch.Tensor):  # a PIL image: resized as a decoded file is
         from PIL import Image
-        if isinstance(image, Image.Image):
-            arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-        else:
+        if not isinstance(image, Image.Image):
             raise TypeError(f"unsupported image type {type(image).__name__}")
+        from clippo.data.transforms import opened_to_rgb
+        transform = _transform(image_size)
+        return transform(opened_to_rgb(image, transform.draft_size))
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if tuple(image.shape[-2:]) != size:
         image = resize_uint8(image, size)

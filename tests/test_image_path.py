@@ -1,0 +1,57 @@
+"""One decode-and-resize for every photo: a JPEG gives the same pixels through training's
+pipeline (CsvDataset), `clippo eval`'s readers (ImageDataset) and open_clip_interface's
+preprocess, draft-mode JPEG decoding included."""
+import numpy as np
+import torch
+from PIL import Image
+
+from clippo.data.csv_dataset import CsvDataset
+from clippo.eval.data import ImageDataset, as_image
+from clippo.eval.interface import Preprocess
+
+SIZE = 32
+
+
+def _photo(path):
+    """A 400 x 300 JPEG with detail at every scale (draft decoding changes its pixels)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:300, 0:400]
+    arr = np.stack([(x * 0.6) % 256, (y * 0.8) % 256, (x + y) % 256], -1)
+    arr = (arr + rng.integers(0, 60, arr.shape)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+    return path
+
+
+def _uint8(x):
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_one_jpeg_same_tensor_everywhere(tmp_path):
+    jpeg = _photo(tmp_path / "photo.jpg")
+    (tmp_path / "train.csv").write_text("filepath,title\nphoto.jpg,a photo\n")
+    train = CsvDataset(tmp_path / "train.csv", image_size=SIZE)[0][0]
+    evaluation = ImageDataset([str(jpeg)], [0], SIZE)[0][0]
+    preprocess = Preprocess((SIZE, SIZE))
+    from_open = _uint8(preprocess(Image.open(jpeg)))
+    from_path = _uint8(preprocess(str(jpeg)))
+    assert train.dtype == torch.uint8 and train.shape == (3, SIZE, SIZE)
+    assert torch.equal(train, evaluation)
+    assert torch.equal(train, from_open) and torch.equal(train, from_path)
+    with Image.open(jpeg) as im:  # a lazily opened JPEG given to clippo.eval: the same too
+        assert torch.equal(train, as_image(im, SIZE))
+
+    # the check has teeth: a full decode then resize gives other pixels
+    with Image.open(jpeg) as im:
+        full = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+    assert not np.array_equal(full, train.permute(1, 2, 0).numpy())
+
+
+def test_png_and_loaded_images_resize_alike(tmp_path):
+    """No draft mode outside JPEG: a PNG and an already-loaded image resize the same way."""
+    png = tmp_path / "photo.png"
+    with Image.open(_photo(tmp_path / "p.jpg")) as im:
+        im.convert("RGB").save(png)
+    train = ImageDataset([str(png)], [0], SIZE)[0][0]
+    with Image.open(png) as im:
+        im.load()
+        assert torch.equal(train, _uint8(Preprocess((SIZE, SIZE))(im)))
