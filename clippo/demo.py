@@ -105,8 +105,8 @@ def _curve_figure(stage_metrics, batch_size, out):
             starts.append((offset, f"{name} starts"))
         series[f"loss, {name}"] = ([offset + r["step"] for r in rows], [r["loss"] for r in rows])
         offset += rows[-1]["step"] if rows else 0
-    notes = ["The second stage starts above the chance line: captions in new languages meet",
-             "a temperature already learnt sharp on English, so wrong matches cost more."] \
+    notes = ["The second stage starts above the chance line: captions in languages it cannot",
+             "read yet, scored at the sharp temperature learnt on English: confident and wrong."] \
         if starts else []
     plot = line_plot(series, title="clippo demo: contrastive loss", hlines=[
                          (float(np.log(batch_size)), "log(batch): chance")], vlines=starts,
@@ -159,8 +159,6 @@ def _print_table(rows):
 
 def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
     """The whole demo; returns the report dict (also written to out/report.json)."""
-    from clippo.eval import builtin as builtin_eval
-    from clippo.model.clippo import CLIPPO
     from clippo.train import parse_args
     from clippo.train import run as train_run
 
@@ -179,6 +177,17 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
         stages.append((name, summary))
         pretrained = summary["model_dir"]
     train_seconds = time.perf_counter() - start
+    return evaluate_and_report(out, stages, train_seconds, device)
+
+
+def evaluate_and_report(out, stages, train_seconds, device="cpu"):
+    """Evaluate the last stage's model, draw the figures, write out/report.json and print the
+    table: steps 2-4 of the demo. stages: [(name, `clippo train` summary)]."""
+    from clippo.eval import builtin as builtin_eval
+    from clippo.model.clippo import CLIPPO
+
+    out = Path(out)
+    summary = stages[-1][1]
     total_steps = sum(st["steps"] for _, st in stages)
     model = CLIPPO.from_pretrained(summary["model_dir"]).to(device).eval()
 

@@ -63,16 +63,25 @@ def _pick(rng, options):
 
 # -- zero-shot -------------------------------------------------------------------------------
 
+_PARTS = B.HELDOUT_PARTS + ("heldout",)
+
+
+def _image_pairs(part):
+    """The held-out pairs whose images a task scores: "val", "test" or "heldout" (all 16)."""
+    return B.combos("heldout") if part == "heldout" else B.heldout_part(part)
+
+
 def zeroshot_task(image_size=64, num_samples=256, seed=_SEEDS["zeroshot"], part="test",
                   classes="heldout"):
     """(ImageDataset, class names, {class name: prompts}): images of the held-out pairs of
-    `part` ("test", reported; "val", for choosing recipes), balanced over its pairs, shapes
-    random, classified among the `classes` colour x position classes ("heldout": the 16
-    held-out pairs; "all": all 72, where a bias towards the pairs seen in training shows)."""
-    pairs, labels = B.heldout_part(part), B.combos(classes)
+    `part` ("test", reported; "val", for choosing recipes; "heldout", both), balanced over its
+    pairs, shapes random, classified among the `classes` colour x position classes ("heldout":
+    the 16 held-out pairs; "all": all 72, where a bias towards the pairs seen in training
+    shows)."""
+    pairs, labels = _image_pairs(part), B.combos(classes)
     images, targets = [], []
     for i in range(num_samples):
-        rng = np.random.default_rng([seed, B.HELDOUT_PARTS.index(part), i])
+        rng = np.random.default_rng([seed, _PARTS.index(part), i])
         color, position = pairs[i % len(pairs)]
         images.append(_scene(color, _pick(rng, B.SHAPES), position, rng, image_size))
         targets.append(labels.index((color, position)))
@@ -112,7 +121,7 @@ def _attrs(color, shape, position):
 def zeroshot_baselines(num_samples=256, part="test", classes="heldout"):
     """single_attribute_readers for zeroshot_task's images (the reader sees the image's colour,
     shape or position) among its classes."""
-    pairs, labels = B.heldout_part(part), B.combos(classes)
+    pairs, labels = _image_pairs(part), B.combos(classes)
     candidates = [{"colour": c, "position": p} for c, p in labels]
     queries = [({"colour": c, "position": p, "shape": None}, {labels.index((c, p))})
                for c, p in (pairs[i % len(pairs)] for i in range(num_samples))]
@@ -192,7 +201,7 @@ def pair_retrieval(model, galleries=None, image_size=None, ks=(1, 5), part="test
 
 def query_indices(task, part="test"):
     """Indices of a retrieval task's images whose colour x position pair is in `part`."""
-    pairs = set(B.heldout_part(part))
+    pairs = set(_image_pairs(part))
     return [i for i, (c, _, p) in enumerate(task["objects"]) if (c, p) in pairs]
 
 
