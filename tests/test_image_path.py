@@ -55,3 +55,31 @@ def test_png_and_loaded_images_resize_alike(tmp_path):
     with Image.open(png) as im:
         im.load()
         assert torch.equal(train, _uint8(Preprocess((SIZE, SIZE))(im)))
+
+
+# -- one CSV reader ------------------------------------------------------------------------------
+
+def test_one_csv_reader_one_separator_rule(tmp_path):
+    """Training (CsvDataset, `clippo train`'s default flags) and evaluation
+    (read_retrieval_csv, `clippo eval`'s) read one file alike: tab for .tsv, comma otherwise
+    when no separator is given, and the same DataFormatError for the same fault."""
+    from clippo.data import DataFormatError as TrainError
+    from clippo.eval.data import DataFormatError as EvalError, read_retrieval_csv
+    from clippo.train import parse_args
+    assert TrainError is EvalError
+    assert parse_args(["--train-data", "x.csv"]).csv_separator is None
+    for name, sep in (("pairs.tsv", "\t"), ("pairs.csv", ",")):
+        path = tmp_path / name
+        path.write_text(f"filepath{sep}title\na.png{sep}\"a caption, quoted\"\n")
+        ds = CsvDataset(path, image_size=SIZE)
+        assert ds.caption(0) == "a caption, quoted" and ds.image_path(0) == str(tmp_path / "a.png")
+        assert read_retrieval_csv(path) == [(str(tmp_path / "a.png"), ["a caption, quoted"])]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filepath,title\na.png,one\nb.png,two,three\n")
+    errors = []
+    for read in (lambda: CsvDataset(bad, image_size=SIZE), lambda: read_retrieval_csv(bad)):
+        try:
+            read()
+        except TrainError as e:
+            errors.append((e.line, str(e)))
+    assert errors == [(3, f"{bad}:3: 3 fields, the header has 2 (','-separated)")] * 2

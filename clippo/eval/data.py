@@ -17,17 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clippo.data.textfiles import DataFormatError, csv_rows, need_columns, read_text_lines
+
+_csv_rows, _need_columns = csv_rows, need_columns  # the names this module's readers use
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")
-
-
-class DataFormatError(ValueError):
-    """A malformed dataset file: `path`, `line` (1-based, None when unknown) and the message."""
-
-    def __init__(self, path, line, message):
-        self.path, self.line = str(path), line
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -115,24 +110,6 @@ def loader(dataset, batch_size=64, num_workers=0):
 
 # -- text files ----------------------------------------------------------------------------------
 
-def read_text_lines(path, keep_newline=False):
-    """(line number, line) of a UTF-8 file, without its newline unless keep_newline; bad UTF-8
-    names its line."""
-    try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataFormatError(path, lineno, f"not UTF-8 ({e.reason} at byte "
-                                          f"{e.start})") from None
-                if lineno == 1:
-                    text = text.lstrip("\ufeff")
-                yield lineno, (text if keep_newline else text.rstrip("\r\n"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-
-
 def read_classnames(path):
     """One class name per line (blank lines ignored)."""
     names = [line.strip() for _, line in read_text_lines(path) if line.strip()]
@@ -142,45 +119,6 @@ def read_classnames(path):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DataFormatError(path, None, f"duplicate class names {dup[:5]}")
     return names
-
-
-def _csv_rows(path, sep=None, quoting=csv.QUOTE_MINIMAL, header=True):
-    """(line number, {column: value} or [values]) rows of a CSV/TSV file; the header is line 1.
-
-    sep: None picks a tab for .tsv files and a comma otherwise. Rows with more or fewer fields
-    than the header raise DataFormatError naming the line.
-    """
-    if sep is None:
-        sep = "\t" if str(path).lower().endswith(".tsv") else ","
-    lines = (line for _, line in read_text_lines(path, keep_newline=True))
-    reader = csv.reader(lines, delimiter=sep, quoting=quoting, strict=True)
-    columns = None
-    try:
-        for row in reader:
-            lineno = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            if header and columns is None:
-                columns = [c.strip() for c in row]
-                if len(set(columns)) != len(columns):
-                    raise DataFormatError(path, lineno, f"duplicate column names {columns}")
-                continue
-            if columns is not None and len(row) != len(columns):
-                raise DataFormatError(path, lineno, f"{len(row)} fields, the header has "
-                                      f"{len(columns)} ({sep!r}-separated)")
-            yield lineno, (dict(zip(columns, row)) if columns is not None else row)
-    except csv.Error as e:
-        raise DataFormatError(path, reader.line_num, f"bad CSV ({e})") from None
-    if header and columns is None:
-        raise DataFormatError(path, None, "empty file (expected a header line)")
-
-
-def _need_columns(path, row_keys, keys, flags):
-    missing = [k for k in keys if k not in row_keys]
-    if missing:
-        hint = ", ".join(f"{flag} {k!r}" for k, flag in zip(keys, flags) if k in missing)
-        raise DataFormatError(path, 1, f"no column {missing[0]!r} in the header {list(row_keys)} "
-                              f"(set {hint})")
 
 
 def _resolve(root, name):
