@@ -219,63 +219,115 @@ def _json_error(path, e):
     return DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})")
 
 
+_WS = " \t\r\n"
+
+
 def _skip_ws(text, i):
-    while i < len(text) and text[i] in " \t\r\n":
+    while i < len(text) and text[i] in _WS:
         i += 1
     return i
 
 
-def json_array_items(path, key=None):
-    """[(line, element)] of the array at top-level `key` of a JSON file (or of a top-level
-    array when key is None), each element with the line it starts on, so that errors about an
-    element can name its line. Syntax errors name line and column."""
+def _expect(path, text, i, chars, what):
+    """Index after the punctuation at text[i] (one of `chars`), or a DataFormatError naming
+    line and column."""
+    if i >= len(text) or text[i] not in chars:
+        line = text.count("\n", 0, i) + 1
+        column = i - text.rfind("\n", 0, i)
+        found = repr(text[i]) if i < len(text) else "the end of the file"
+        raise DataFormatError(path, line, f"invalid JSON: expected {what}, found {found} "
+                              f"(column {column})")
+    return i + 1
+
+
+def _read_json_text(path):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     except UnicodeDecodeError as e:
         raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    text = text.lstrip("\ufeff")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _json_error(path, e) from None
-    if key is not None:
-        if not isinstance(doc, dict) or key not in doc:
-            raise DataFormatError(path, 1, f"expected a JSON object with a {key!r} list")
-        if not isinstance(doc[key], list):
-            raise DataFormatError(path, 1, f"{key!r} must be a list")
-    elif not isinstance(doc, list):
-        raise DataFormatError(path, 1, "expected a JSON list")
-    # walk the text once more to find where each element starts
-    dec = json.JSONDecoder()
-    i = _skip_ws(text, 0)
-    if key is not None:
-        i += 1  # '{'
-        while True:
-            i = _skip_ws(text, i)
-            name, i = dec.raw_decode(text, i)
-            i = _skip_ws(text, i) + 1  # ':'
-            i = _skip_ws(text, i)
-            if name == key:
-                break
-            _, i = dec.raw_decode(text, i)
-            i = _skip_ws(text, i) + 1  # ','
-    i = _skip_ws(text, i) + 1  # '['
-    items = []
-    line, pos = 1, 0
+    return text.lstrip("\ufeff")
+
+
+def _array_items(path, text, i, dec):
+    """[(line, element)] of the array starting at text[i] ('['), and the index after it."""
+    i = _expect(path, text, _skip_ws(text, i), "[", "'['")
+    items, line, pos = [], 1 + text.count("\n", 0, i), i
+    i = _skip_ws(text, i)
+    if i < len(text) and text[i] == "]":
+        return items, i + 1
     while True:
         i = _skip_ws(text, i)
-        if text[i] == "]":
-            break
         line += text.count("\n", pos, i)
         pos = i
         value, i = dec.raw_decode(text, i)
         items.append((line, value))
         i = _skip_ws(text, i)
-        if text[i] == ",":
+        if i < len(text) and text[i] == "]":
+            return items, i + 1
+        i = _expect(path, text, i, ",", "',' or ']'")
+
+
+def json_arrays(path, keys):
+    """(document, {key: [(line, element)]}) of a JSON object file, each element of the arrays
+    at the top-level `keys` with the line it starts on (errors about an element can name its
+    line); keys absent from the file are absent from the dict. The file is parsed once: the
+    document's lists are the elements themselves, not a second copy. Syntax errors name line
+    and column."""
+    text = _read_json_text(path)
+    dec = json.JSONDecoder()
+    doc, arrays = {}, {}
+    try:
+        i = _skip_ws(text, 0)
+        if i >= len(text) or text[i] != "{":
+            raise DataFormatError(path, 1, f"expected a JSON object with a {keys[0]!r} list")
+        i = _skip_ws(text, i + 1)
+        if i < len(text) and text[i] == "}":
             i += 1
-    return doc, items
+        else:
+            while True:
+                i = _skip_ws(text, i)
+                name, i = dec.raw_decode(text, i)
+                i = _skip_ws(text, _expect(path, text, _skip_ws(text, i), ":", "':'"))
+                if name in keys and i < len(text) and text[i] == "[":
+                    arrays[name], i = _array_items(path, text, i, dec)
+                    doc[name] = [v for _, v in arrays[name]]
+                else:
+                    if name in keys:
+                        raise DataFormatError(path, text.count("\n", 0, i) + 1,
+                                              f"{name!r} must be a list")
+                    doc[name], i = dec.raw_decode(text, i)
+                i = _skip_ws(text, i)
+                if i < len(text) and text[i] == "}":
+                    i += 1
+                    break
+                i = _expect(path, text, i, ",", "',' or '}'")
+        i = _skip_ws(text, i)
+        if i < len(text):
+            _expect(path, text, i, "", "the end of the file")
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e) from None
+    return doc, arrays
+
+
+def json_array_items(path, key=None):
+    """(document, [(line, element)]) of the array at top-level `key` of a JSON file (or of a
+    top-level array when key is None), as json_arrays, parsed once."""
+    if key is None:
+        text = _read_json_text(path)
+        try:
+            items, i = _array_items(path, text, 0, json.JSONDecoder())
+            i = _skip_ws(text, i)
+            if i < len(text):
+                _expect(path, text, i, "", "the end of the file")
+        except json.JSONDecodeError as e:
+            raise _json_error(path, e) from None
+        return [v for _, v in items], items
+    doc, arrays = json_arrays(path, (key,))
+    if key not in arrays:
+        raise DataFormatError(path, 1, f"expected a JSON object with a {key!r} list")
+    return doc, arrays[key]
 
 
 def _caption_text(path, line, value, what):
@@ -467,14 +519,18 @@ def read_vqa(questions_path, annotations_path=None, image_root=None, image_templ
     formatted with image_id (default: COCO's "COCO_<data_subtype>_<image_id:012d>.jpg").
     """
     root = Path(image_root) if image_root else Path(questions_path).parent
-    doc, questions = json_array_items(questions_path, "questions")
+    doc, arrays = json_arrays(questions_path, ("questions", "annotations"))
+    if "questions" not in arrays:
+        raise DataFormatError(questions_path, 1, "expected a JSON object with a 'questions' "
+                              "list")
+    questions = arrays["questions"]
     if image_template is None:
         subtype = doc.get("data_subtype") if isinstance(doc, dict) else None
         image_template = (f"COCO_{subtype}_{{image_id:012d}}.jpg" if subtype
                           else "{image_id}.jpg")
     ann_path = annotations_path or questions_path
-    ann_doc, annotations = json_array_items(ann_path, "annotations") if (
-        annotations_path or "annotations" in doc) else (None, None)
+    annotations = json_array_items(ann_path, "annotations")[1] if annotations_path else \
+        arrays.get("annotations")  # one file holding both lists: read once
     answers, answer_types = {}, {}
     if annotations is not None:
         for k, (line, a) in enumerate(annotations):
