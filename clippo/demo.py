@@ -5,8 +5,10 @@
    runs, text rendered inside the training step: English captions, then all four languages
    from the first run's weights (STAGES);
 3. evaluates it on the held-out split, colour x position combinations never seen in training:
-   zero-shot classification among the 16 held-out classes and image-text retrieval (galleries
-   of the 16 held-out pairs, and the 96-image gallery that also asks for the shape);
+   zero-shot classification of the test pairs' images among the 16 held-out classes (and
+   among all 72) and image-text retrieval (galleries of the 16 held-out pairs, and the
+   96-image gallery that also asks for the shape), each beside chance and the exact accuracy
+   of the best single-attribute reader; the val pairs' scores are for choosing recipes;
 4. writes a report: a printed table, DIR/report.json and PNGs (training curve, rendered captions,
    retrieval examples).
 

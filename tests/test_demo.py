@@ -86,3 +86,12 @@ def test_model_dir_loads(demo):
     out, report = demo
     model = CLIPPO.from_pretrained(report["model_dir"])
     assert model.config["image_size"] == 80 and model.config["depth"] == 4
+
+
+def test_figure_ticks_are_round():
+    from clippo.figures import nice_ticks
+    assert nice_ticks(0, 1500) == [0, 500, 1000, 1500]
+    assert nice_ticks(0.57, 4.4) == [1, 2, 3, 4]
+    assert nice_ticks(1, 300) == [100, 200, 300]
+    assert nice_ticks(0.1, 0.13) == pytest.approx([0.1, 0.11, 0.12, 0.13])
+    assert nice_ticks(2.0, 2.0) == [2.0]
