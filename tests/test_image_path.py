@@ -61,14 +61,15 @@ def test_png_and_loaded_images_resize_alike(tmp_path):
 
 def test_one_csv_reader_one_separator_rule(tmp_path):
     """Training (CsvDataset, `clippo train`'s default flags) and evaluation
-    (read_retrieval_csv, `clippo eval`'s) read one file alike: tab for .tsv, comma otherwise
-    when no separator is given, and the same DataFormatError for the same fault."""
+    (read_retrieval_csv, `clippo eval`'s) read one file alike: without a separator, a tab when
+    the header holds one (OpenCLIP's tab-separated .csv files too), else a comma; and the same
+    DataFormatError for the same fault."""
     from clippo.data import DataFormatError as TrainError
     from clippo.eval.data import DataFormatError as EvalError, read_retrieval_csv
     from clippo.train import parse_args
     assert TrainError is EvalError
     assert parse_args(["--train-data", "x.csv"]).csv_separator is None
-    for name, sep in (("pairs.tsv", "\t"), ("pairs.csv", ",")):
+    for name, sep in (("pairs.tsv", "\t"), ("pairs.csv", ","), ("openclip.csv", "\t")):
         path = tmp_path / name
         path.write_text(f"filepath{sep}title\na.png{sep}\"a caption, quoted\"\n")
         ds = CsvDataset(path, image_size=SIZE)

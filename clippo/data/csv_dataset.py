@@ -7,7 +7,7 @@
 OpenCLIP's flags map to the arguments: --csv-separator -> sep, --csv-img-key -> img_key,
 --csv-caption-key -> caption_key. Image paths are relative to the CSV file's folder unless
 absolute. The file is parsed once at construction by clippo.data.textfiles (the reader of
-`clippo eval` too: without --csv-separator, tab for .tsv and comma otherwise; quoted fields
+`clippo eval` too: without --csv-separator, tab if the header holds one, else comma; quoted fields
 may hold the separator or newlines); a missing column or a row with the wrong number of
 fields is a DataFormatError (a ValueError) naming the file and line. Samples whose image is
 missing or undecodable, or whose caption is empty, come back as None (skipped and counted by
@@ -29,7 +29,8 @@ log = logging.getLogger("clippo.data")
 
 def read_csv_pairs(path, sep=None, img_key="filepath", caption_key="title"):
     """(image paths, captions) read from a CSV/TSV file with a header row, by the reader
-    `clippo eval` uses too (clippo.data.textfiles: sep None is tab for .tsv, else comma;
+    `clippo eval` uses too (clippo.data.textfiles: sep None is tab when the header holds one,
+    else comma;
     errors are DataFormatError naming file and line)."""
     path = os.fspath(path)
     paths, captions = [], []

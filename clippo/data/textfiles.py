@@ -2,13 +2,13 @@
 (`DataFormatError`, naming file and line), UTF-8 lines, and one CSV/TSV reader with one rule
 for the separator.
 
-Separator rule (`--csv-separator` of `clippo train` and `clippo eval`): when none is given, a
-tab for files ending in .tsv and a comma for every other file; a given separator is used as
-is (`"\\t"` typed in a shell, a backslash and a t, means a tab). OpenCLIP's flag is the same
-flag; OpenCLIP defaults to a tab whatever the file's name.
+Separator rule (`--csv-separator` of `clippo train` and `clippo eval`): when none is given,
+the header line decides: a tab if it holds a tab, else a comma. So OpenCLIP's tab-separated
+files (its default separator, whatever the file is called) and ordinary comma-separated CSVs
+both read without the flag. A given separator is used as is (`"\\t"` typed in a shell, a
+backslash and a t, means a tab).
 """
 import csv
-import os
 
 __all__ = ["DataFormatError", "read_text_lines", "csv_separator", "csv_rows", "need_columns"]
 
@@ -41,10 +41,13 @@ def read_text_lines(path, keep_newline=False):
 
 
 def csv_separator(path, sep=None):
-    """The separator of a CSV/TSV file: `sep` if given, else tab for .tsv and comma for the
-    rest (the module's rule)."""
+    """The separator of a CSV/TSV file: `sep` if given, else a tab when the header (first
+    non-blank) line holds one and a comma otherwise (the module's rule)."""
     if sep is None:
-        return "\t" if os.fspath(path).lower().endswith(".tsv") else ","
+        for _, line in read_text_lines(path):
+            if line.strip():
+                return "\t" if "\t" in line else ","
+        return ","
     if sep == "\\t":
         sep = "\t"
     if len(sep) != 1:

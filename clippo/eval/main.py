@@ -55,7 +55,8 @@ def _csv(p, caption=False, label=False):
         g.add_argument("--csv-caption-key", default="title")
     if label:
         g.add_argument("--csv-label-key", default="label")
-    g.add_argument("--csv-separator", default=None, help="default: tab for .tsv, else comma")
+    g.add_argument("--csv-separator", default=None, help="default: tab if the header line "
+                   "holds one, else comma")
     g.add_argument("--image-root", help="folder that relative image paths start from "
                    "(default: the data file's folder)")
 
