@@ -131,5 +131,6 @@ def test_query_subset_scored_against_the_whole_gallery():
     t2i = np.mean([all(s[q, j] < s[q, q] or (s[q, j] == s[q, q] and j > q)
                        for j in range(16) if j != q) for q in queries])
     assert m["image_retrieval_recall@1"] == pytest.approx(t2i)
+    assert m["num_images"] == 16 and m["num_query_images"] == len(queries) == 8
     with pytest.raises(NothingScored):
         evaluate_retrieval(model, ds, ks=(1,), queries=[99])

@@ -81,10 +81,12 @@ def evaluate_retrieval(model, dataset, *, ks=RECALL_KS, ties="first", batch_size
     """
     zimg, captions, indices, skipped = _encode_gallery(model, dataset, batch_size, num_workers,
                                                        precision, progress)
+    scored = _scored_mask(indices, queries)
     out, n_texts = _scores_and_metrics(zimg, captions, model, ks, ties, text_batch_size,
-                                       precision, progress,
-                                       scored=_scored_mask(indices, queries))
+                                       precision, progress, scored=scored)
     out.update(num_images=len(captions), num_texts=n_texts, skipped=list(skipped))
+    if scored is not None:
+        out["num_query_images"] = int(sum(scored))
     return out
 
 
@@ -119,4 +121,6 @@ def evaluate_multilingual_retrieval(model, dataset, languages=None, *, ks=RECALL
                                  dtype=torch.float64).mean()) for k in keys}
     out.update(per_language=per_language, languages=list(languages),
                num_images=len(captions), skipped=list(skipped))
+    if scored is not None:
+        out["num_query_images"] = int(sum(scored))
     return out
