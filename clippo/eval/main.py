@@ -24,7 +24,7 @@ from clippo.eval import builtin as BI
 from clippo.eval.common import (PRECISIONS, NothingScored, flatten, load_model, metrics_table,
                                 result, table, write_json)
 from clippo.eval.metrics import TIES
-from clippo.eval.templates import load_class_prompts
+from clippo.eval.templates import load_prompts
 
 BUILTIN = "builtin"
 
@@ -83,11 +83,15 @@ def build_parser():
                        "mean_per_class_recall")
     _common(p, "ImageFolder directory (DIR/<class>/<image>), a CSV with image and label "
             "columns, or 'builtin'")
-    p.add_argument("--classnames", help="class names, one per line (default: the folder "
+    p.add_argument("--classnames", help="class names: one per line, or JSON (a list, or "
+                   "CLIP_benchmark's en_classnames.json with --dataset) (default: the folder "
                    "names, or the CSV's distinct labels)")
     p.add_argument("--templates", default=None, help="clip (the CLIP paper's 80 + '{}', "
                    "default), short (CLIP's best 7 + '{}'), name ('{}'), a file with one "
-                   "template per line, or a .json {class name: [prompts]} (per-class prompts)")
+                   "template per line, or JSON: CLIP_benchmark's templates or CuPL prompts "
+                   "files (with --dataset), or {class name: [prompts]}")
+    p.add_argument("--dataset", help="the entry to use in JSON files keyed by dataset name "
+                   "(CLIP_benchmark's names: imagenet1k, cifar10, vtab/eurosat, ...)")
     p.add_argument("--no-canonicalize", action="store_true", help="use class names and "
                    "templates as given (default: lower case, punctuation removed, as the "
                    "reference)")
@@ -112,13 +116,14 @@ def build_parser():
     p.add_argument("--ties", default="first", choices=TIES)
 
     p = sub.add_parser("nlu", help="GLUE-style classification / regression on rendered text")
-    _common(p, "GLUE task folder holding train.tsv and dev.tsv (dev_matched.tsv for MNLI), or "
-            "'builtin'")
+    _common(p, "GLUE task folder holding train.tsv and dev.tsv (MNLI: dev_matched.tsv and "
+            "dev_mismatched.tsv, scored as mnli_m and mnli_mm), or 'builtin'")
     p.add_argument("--task", dest="glue_task", default=None,
                    help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, or 'custom' with "
                    "--text-a-key ... (built-in: colour, same, similarity; default all three)")
     p.add_argument("--train", help="training TSV (default: DATA/train.tsv)")
-    p.add_argument("--test", help="evaluation TSV (default: DATA/dev.tsv)")
+    p.add_argument("--test", help="evaluation TSV, with labels (default: DATA/dev.tsv; MNLI: "
+                   "both dev files)")
     p.add_argument("--mode", default="linear", choices=("linear", "finetune"),
                    help="linear probe on frozen features, or full fine-tuning")
     p.add_argument("--pair-encoding", default=None, choices=("joint", "separate"),
@@ -147,6 +152,9 @@ def build_parser():
                    "about a quarter of the image, whole text rows)")
     p.add_argument("--layout", default="top", choices=("top", "bottom"))
     p.add_argument("--max-answers", type=int, default=3129)
+    p.add_argument("--normalize-answers", action="store_true", help="score with every answer "
+                   "fully normalised (default: the official vqaEval.py rule, which leaves the "
+                   "answers as they are when all ten humans agree)")
     _probe(p, epochs=100, lr=1e-2)
 
     p = sub.add_parser("fewshot", help="few-shot linear probe (closed-form ridge regression)")
@@ -157,7 +165,10 @@ def build_parser():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--l2", type=float, default=2.0 ** 10)
     p.add_argument("--layer", default="pre_logits", choices=("pre_logits", "embedding"))
-    p.add_argument("--classnames", help="class names, one per line (for CSV integer labels)")
+    p.add_argument("--classnames", help="class names for CSV integer labels: one per line, or "
+                   "JSON (a list, or CLIP_benchmark's en_classnames.json with --dataset)")
+    p.add_argument("--dataset", help="the entry to use in a --classnames JSON keyed by "
+                   "dataset name")
     _csv(p, label=True)
 
     p = sub.add_parser("all", help="every built-in task; one results table")
@@ -187,7 +198,8 @@ def _kw(args, precision):
 def _classification_data(args, path, model, classnames_file=None):
     from clippo.eval.data import (ImageDataset, read_classification_csv, read_classnames,
                                   read_image_folder)
-    names = read_classnames(classnames_file) if classnames_file else None
+    names = read_classnames(classnames_file, getattr(args, "dataset", None)) \
+        if classnames_file else None
     if Path(path).is_dir():
         classes, samples = read_image_folder(path)
         if names:
@@ -225,7 +237,7 @@ def _load_zeroshot(args, model):
     extra = {}
     if args.data == BUILTIN:
         ds, classes, prompts = BI.zeroshot_task(model.img.image_size)
-        templates = args.templates or prompts
+        templates = load_prompts(args.templates, args.dataset) if args.templates else prompts
         n = len(classes)
         chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n,
                   "acc1_72way": 1 / len(BI.B.combos("all"))}
@@ -234,11 +246,9 @@ def _load_zeroshot(args, model):
         extra["part"] = "test"
     else:
         ds, classes = _classification_data(args, args.data, model, args.classnames)
-        templates, chance = args.templates or "clip", None
-    if isinstance(templates, str) and templates.lower().endswith(".json"):
-        templates = load_class_prompts(templates)
-    shown = templates if isinstance(templates, str) else (
-        "per-class prompts" if isinstance(templates, dict) else list(templates))
+        templates, chance = load_prompts(args.templates or "clip", args.dataset), None
+    spec = args.templates or (None if args.data == BUILTIN else "clip")
+    shown = "per-class prompts" if isinstance(templates, dict) else (spec or list(templates))
     return (ds, classes, templates), chance, dict(num_classes=len(classes), templates=shown,
                                                   **extra)
 
@@ -329,7 +339,7 @@ def _glue_task(args):
 
 
 def _load_nlu(args, model):
-    from clippo.eval.data import read_glue_tsv
+    from clippo.eval.data import glue_eval_files, read_glue_tsv
     if args.data == BUILTIN:
         tasks = BI.nlu_tasks()
         chosen = [args.glue_task] if args.glue_task else list(tasks)
@@ -337,13 +347,13 @@ def _load_nlu(args, model):
         if unknown:
             raise ValueError(f"unknown built-in NLU task {unknown[0]!r}; expected one of "
                              f"{list(tasks)}")
-        return [tasks[t] for t in chosen], {t: BI.NLU_CHANCE[t] for t in chosen}, \
+        return [(t, *tasks[t]) for t in chosen], {t: BI.NLU_CHANCE[t] for t in chosen}, \
             dict(mode=args.mode)
     task = _glue_task(args)
     train = args.train or str(Path(args.data) / "train.tsv")
-    test = args.test or str(Path(args.data) / task.dev)
-    return [(task, read_glue_tsv(train, task), read_glue_tsv(test, task))], None, \
-        dict(mode=args.mode)
+    tests = {name: read_glue_tsv(f, task)
+             for name, f in glue_eval_files(task, args.data, args.test).items()}
+    return [(None, task, read_glue_tsv(train, task), tests)], None, dict(mode=args.mode)
 
 
 def _score_nlu(args, model, tasks, kw):
@@ -354,8 +364,10 @@ def _score_nlu(args, model, tasks, kw):
                   precision=kw["precision"], progress=kw["progress"])
     if args.mode == "finetune":
         nlu_kw["batch_size"] = args.batch_size
-    metrics = {task.name: evaluate_nlu(model, task, train, test, **nlu_kw)
-               for task, train, test in tasks}
+    metrics = {}
+    for key, task, train, test in tasks:  # key None: GLUE's tests, named by evaluate_nlu
+        m = evaluate_nlu(model, task, train, test, **nlu_kw)
+        metrics.update(m if key is None else {key: m})
     return dict(metrics, skipped=[])
 
 
@@ -378,6 +390,7 @@ def _score_vqa(args, model, inputs, kw):
     return evaluate_vqa(model, train, test, band=args.band, layout=args.layout,
                         layer=args.layer, max_answers=args.max_answers, hidden=args.hidden,
                         epochs=args.epochs, lr=args.lr, weight_decay=args.wd, seed=args.seed,
+                        answer_rule="normalized" if args.normalize_answers else "official",
                         **kw)
 
 
