@@ -124,14 +124,9 @@ def _starts_like_json(path):
 
 def read_json(path):
     """A whole JSON document; syntax errors name line and column."""
+    text = _read_json_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text.lstrip("\ufeff"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise _json_error(path, e) from None
 
