@@ -103,9 +103,10 @@ def _curve_figure(stage_metrics, batch_size, out):
     series, offset, starts = {}, 0, []
     for name, path in stage_metrics:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        ran = [r for r in rows if r["loss"] is not None]  # null: no step of it ran
         if offset:
             starts.append((offset, f"{name} starts"))
-        series[f"loss, {name}"] = ([offset + r["step"] for r in rows], [r["loss"] for r in rows])
+        series[f"loss, {name}"] = ([offset + r["step"] for r in ran], [r["loss"] for r in ran])
         offset += rows[-1]["step"] if rows else 0
     notes = ["The second stage starts above the chance line: captions in languages it cannot",
              "read yet, scored at the sharp temperature learnt on English: confident and wrong."] \

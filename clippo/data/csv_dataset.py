@@ -7,11 +7,11 @@
 OpenCLIP's flags map to the arguments: --csv-separator -> sep, --csv-img-key -> img_key,
 --csv-caption-key -> caption_key. Image paths are relative to the CSV file's folder unless
 absolute. The file is parsed once at construction by clippo.data.textfiles (the reader of
-`clippo eval` too: without --csv-separator, tab if the header holds one, else comma; quoted fields
-may hold the separator or newlines); a missing column or a row with the wrong number of
-fields is a DataFormatError (a ValueError) naming the file and line. Samples whose image is
-missing or undecodable, or whose caption is empty, come back as None (skipped and counted by
-the collate).
+`clippo eval` too: without --csv-separator, tab if the header holds one, else comma; quoted
+fields may hold the separator or newlines); a missing column or a row with the wrong number
+of fields is a DataFormatError (a ValueError) naming the file and line. Samples whose image
+is missing or undecodable, or whose caption is empty, come back as a Skipped naming the image
+(skipped and counted by the collate).
 """
 import logging
 import os
@@ -19,6 +19,7 @@ import os
 from torch.utils.data import Dataset
 
 from clippo.data._strings import StringTable
+from clippo.data.collate import Skipped
 from clippo.data.textfiles import DataFormatError, csv_rows, need_columns
 from clippo.data.transforms import ImageTransform, load_and_transform
 
@@ -44,7 +45,7 @@ def read_csv_pairs(path, sep=None, img_key="filepath", caption_key="title"):
 
 
 class CsvDataset(Dataset):
-    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or None (skip).
+    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or a Skipped (skip).
 
     transform: a callable PIL RGB image -> uint8 tensor; default ImageTransform(image_size)
     (plain resize to the model's size, as the reference).
@@ -75,8 +76,8 @@ class CsvDataset(Dataset):
         caption = self._captions[i].strip()
         if not caption:
             log.debug("%s: row %d has an empty caption; skipped", self.path, i)
-            return None
+            return Skipped(f"{self.path} row {i + 1} (empty caption)")
         image = load_and_transform(self.image_path(i), self.transform)
         if image is None:
-            return None
+            return Skipped(self.image_path(i))
         return image, caption

@@ -34,8 +34,9 @@ def load_model(path, device=None, random_init=False, seed=0):
     from clippo.model.clippo import CLIPPO
     p = Path(path)
     device = resolve_device(device)
-    if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
-        p = p / "model"
+    if p.is_dir():
+        from clippo.convert import pretrained_dir
+        p = pretrained_dir(p)
     if p.is_dir():
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p} is not a save_pretrained directory (no config.json)")

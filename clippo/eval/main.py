@@ -10,7 +10,7 @@ built-in tiny versions (--data builtin).
     clippo eval fewshot --model DIR --train DIR_OR_CSV --data DIR_OR_CSV
     clippo eval all --model DIR --data builtin          every built-in task, one results table
 
-Each task prints a table and writes its JSON result (--out, default clippo-eval/TASK.json):
+Each task prints a table and writes its JSON result (--output, default clippo-eval/TASK.json):
 {"dataset", "model", "task", "metrics": {...}, "skipped": n}, with CLIP_benchmark's metric
 names where they exist.
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 
+from clippo._argparse import use_help_formatter
 from clippo.eval import builtin as BI
 from clippo.eval.common import (PRECISIONS, NothingScored, flatten, load_model, metrics_table,
                                 result, table, write_json)
@@ -43,7 +44,8 @@ def _common(p, data_help):
                    "(default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
-    p.add_argument("--out", help="JSON result file (default: clippo-eval/TASK.json)")
+    p.add_argument("--output", "--out", dest="out",
+                   help="JSON result file (default: clippo-eval/TASK.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -176,7 +178,7 @@ def build_parser():
     p.add_argument("--baseline", action="store_true", help="also score a randomly initialised "
                    "model of the same architecture")
     p.add_argument("--markdown", help="also write the results table to this file")
-    return parser
+    return use_help_formatter(parser)
 
 
 # -- running ---------------------------------------------------------------------------------------
