@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from clippo.data.collate import Skipped
 
-from clippo.data import (CsvDataset, ImageDecodeError, ImageTransform, TextPairDataset,
-                         WebImageTextDataset, collate_image_text, collate_text_pairs,
-                         load_image, read_text_pairs, try_load_image)
+from clippo.data import (CsvDataset, DataFormatError, ImageDecodeError, ImageTransform,
+                         TextPairDataset, WebImageTextDataset, collate_image_text,
+                         collate_text_pairs, load_image, read_text_pairs, try_load_image)
 
 S = 16
 
@@ -212,7 +212,7 @@ def test_csv_errors_name_file_and_line(tmp_path):
     msg = str(e.value)
     assert "bad.csv" in msg and "'title'" in msg and "'text'" in msg and "filepath" in msg
     p.write_text("filepath,title\na.png,one\nb.png,two,extra\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:3: expected 2 fields"):
+    with pytest.raises(DataFormatError, match=r"bad\.csv:3: 3 fields, the header has 2"):
         CsvDataset(p, image_size=S)
     p.write_text("filepath,title\n\n")
     with pytest.raises(ValueError, match="no rows"):

@@ -15,6 +15,7 @@ _EXPORTS = {
     "try_load_image": "clippo.data.transforms",
     "CsvDataset": "clippo.data.csv_dataset",
     "read_csv_pairs": "clippo.data.csv_dataset",
+    "DataFormatError": "clippo.data.textfiles",
     "WebImageTextDataset": "clippo.data.wds",
     "expand_shard_urls": "clippo.data.wds",
     "TextPairDataset": "clippo.data.text_pairs",

@@ -116,7 +116,7 @@ class Evaluator:
         ns = _eval_namespace("zeroshot", args.zeroshot_data, extra)
         if ns.data != BUILTIN and not Path(ns.data).exists():
             raise FileNotFoundError(f"--zeroshot-data {ns.data}: no such file or directory")
-        dataset, classes, templates, _ = zeroshot_inputs(ns, self.image_size)
+        dataset, classes, templates = zeroshot_inputs(ns, self.image_size)
         prompts = class_prompts(classes, templates, canonicalize=not ns.no_canonicalize)
         return {"dataset": dataset, "classes": classes, "prompts": prompts, "ties": ns.ties}
 

@@ -134,7 +134,8 @@ def build_parser():
                    help="caption languages of the built-in data and their shares, e.g. 'en' "
                         "or 'en=0.5,de=0.2,ru=0.15,zh=0.15' (default: "
                         "clippo.data.builtin.LANGUAGE_MIX)")
-    g.add_argument("--csv-separator", default="\t", help="CSV field separator")
+    g.add_argument("--csv-separator", default=None, help="CSV field separator (default: tab "
+                   "if the header line holds one, else comma; as `clippo eval`)")
     g.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths")
     g.add_argument("--csv-caption-key", default="title", help="CSV column of captions")
     g.add_argument("--text-pairs", help="text-pair data for next-sentence co-training (a "
