@@ -38,7 +38,7 @@ from clippo.train import distributed as dist_lib
 from clippo.train.data import check_sources, get_data, steps_for_epochs
 from clippo.train.params import parse_args
 from clippo.train.scheduler import Schedule
-from clippo.train.step import ContrastiveTask, train_step
+from clippo.train.step import ContrastiveTask, count_rows, train_step
 
 COLLAPSE_TOLERANCE = 1e-3  # |loss - log(batch)| below this: every embedding the same
 COLLAPSE_STEPS = 50
@@ -208,14 +208,46 @@ def _resolve_resume(args, ckpt_dir, env):
         raise TrainError(f"--resume: {e}") from None
 
 
+def global_batch(batch_size, accum_freq, world_size):
+    """Samples per optimizer step over all ranks (OpenCLIP's effective batch)."""
+    return batch_size * accum_freq * world_size
+
+
+def check_world_size_change(ckpt, args, env):
+    """None when the checkpoint was written by as many processes; else the message to log for
+    a resume on another number of processes that keeps the global batch (per-rank
+    --batch-size x --accum-freq x processes); TrainError when it does not."""
+    old_world = int(ckpt["world_size"])
+    old = ckpt["args"]
+    before = global_batch(old["batch_size"], old.get("accum_freq", 1), old_world)
+    now = global_batch(args.batch_size, args.accum_freq, env.world_size)
+    if before != now:
+        how = [f"--batch-size {before // (args.accum_freq * env.world_size)}"
+               if before % (args.accum_freq * env.world_size) == 0 else None,
+               f"--accum-freq {before // (args.batch_size * env.world_size)}"
+               if before % (args.batch_size * env.world_size) == 0 else None]
+        how = [h for h in how if h]
+        hint = (f" (keep it with {' or '.join(how)})" if how else
+                f" (no per-rank --batch-size x --accum-freq gives {before} on "
+                f"{env.world_size} processes)")
+        raise TrainError(
+            f"the checkpoint's global batch is {before} ({old['batch_size']} per rank x "
+            f"accum {old.get('accum_freq', 1)} x {old_world} processes); this run's is {now} "
+            f"({args.batch_size} x {args.accum_freq} x {env.world_size}): a resume must keep "
+            f"the global batch{hint}")
+    if old_world == env.world_size:
+        return None
+    return (f"clippo train: resuming a {old_world}-process checkpoint on {env.world_size} "
+            f"processes with the same global batch ({now}): the steps take the same samples "
+            f"and the optimizer and schedule continue, but the run is no longer bit-exact "
+            f"with an uninterrupted one")
+
+
 def _check_resume_compatible(ckpt, args, env, model):
-    if ckpt["world_size"] != env.world_size:
-        raise TrainError(f"the checkpoint was written by {ckpt['world_size']} processes; resume "
-                         f"it with the same number (this run has {env.world_size})")
     if ckpt["model_config"] != model.config:
         raise TrainError("the checkpoint's model differs from --model and its overrides: "
                          f"checkpoint {ckpt['model_config']}, flags {model.config}")
-    for key in ("batch_size", "accum_freq", "train_data", "text_pairs", "loss", "opt"):
+    for key in ("train_data", "text_pairs", "loss", "opt"):
         if ckpt["args"].get(key) != getattr(args, key):
             raise TrainError(f"--{key.replace('_', '-')} {getattr(args, key)!r} differs from the "
                              f"checkpoint's {ckpt['args'].get(key)!r}")
@@ -280,8 +312,10 @@ class Trainer:
         self.loss_fn = create_loss(args.loss)
         self.task = ContrastiveTask(self.model, self.loss_fn).to(self.device)
         self.optimizer = build_optimizer(args, self.task)
+        self.world_change = None
         if ckpt is not None:
             _check_resume_compatible(ckpt, args, env, self.model)
+            self.world_change = check_world_size_change(ckpt, args, env)
             self.task.load_state_dict(ckpt["task"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if args.grad_checkpointing:
@@ -321,12 +355,17 @@ class Trainer:
         self.interval_steps = 0
         if ckpt is not None:
             self.step = int(ckpt["step"])
-            self.data.load_state_dict(ckpt["data"][env.rank])
+            # the global data position is the same in every rank's state; streamed shards'
+            # states refuse another world size themselves
+            try:
+                self.data.load_state_dict(ckpt["data"][min(env.rank, len(ckpt["data"]) - 1)])
+            except ValueError as e:
+                raise TrainError(f"--resume: {e}") from None
             self.watchdog = dict(ckpt["watchdog"])
             self.stats.copy_(ckpt["log_interval"]["stats"])
             self.interval_steps = int(ckpt["log_interval"]["steps"])
         self.batches = iter(self.data)  # starts the workers (and draws their base seed)
-        if ckpt is not None:
+        if ckpt is not None and self.world_change is None:
             ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
         else:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
@@ -345,7 +384,7 @@ class Trainer:
             return None
         payload = {
             "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "step": self.step,
-            "epoch": self.data.epoch(self.step), "world_size": self.env.world_size,
+            "epoch": self.data.epoch(), "world_size": self.env.world_size,
             "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step, **self.schedule.state_dict()},
             "model_config": self.model.config, "args": vars(self.args),
@@ -363,23 +402,21 @@ class Trainer:
         ckpt_lib.prune(self.ckpt_dir, self.args.keep)
         return path
 
-    def _step(self, batch):
-        """One update (none for a batch whose every sample was skipped) -> device tensors
-        (loss, rows, skipped) summed over ranks, the loss as the ranks' mean."""
+    def _step(self, batches):
+        """One update from the step's micro-batches (none when every rank's were all skipped,
+        as the all-reduced row count says) -> device tensors (loss, rows, skipped) summed over
+        ranks, the loss as the ranks' mean."""
         args, env = self.args, self.env
         local = torch.zeros(3, dtype=torch.float64, device=self.device)
-        local[2].fill_(int(batch.get("skipped", 0)))
-        rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
+        local[2].fill_(sum(int(b.get("skipped", 0)) for b in batches))
         out = None
-        if rows or env.distributed:
-            try:
-                out = train_step(self.module, self.task, self.optimizer, batch,
-                                 device=self.device, accum_freq=args.accum_freq,
-                                 grad_clip_norm=args.grad_clip_norm, autocast=self.autocast)
-            except ValueError as e:  # every rank's batch empty: each rank's loss says so
-                if "at least one pair" not in str(e):
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
+        # one .item() sync per step: every rank takes the same branch
+        if count_rows(batches, self.device, env).item() > 0:
+            out = train_step(self.module, self.task, self.optimizer, batches,
+                             device=self.device, grad_clip_norm=args.grad_clip_norm,
+                             autocast=self.autocast)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         if out is not None:
             local[0].copy_(out["loss"])
             local[1].fill_(out["n"])
@@ -404,9 +441,9 @@ class Trainer:
                 f"the loss is {loss} at step {self.step}; the last checkpoint is kept in "
                 f"{self.ckpt_dir} (resume with a lower --lr)")
         record = {
-            "step": self.step, "epoch": self.data.epoch(self.step - 1), "loss": loss, "lr": lr,
+            "step": self.step, "epoch": self.data.epoch(), "loss": loss, "lr": lr,
             "samples_per_s": rows / elapsed if elapsed > 0 else None,
-            "skipped": int(skipped), "batch_size": int(rows / n),
+            "skipped": int(skipped), "batch_size": self.data.global_batch,
             "logit_scale": float(self.model.temperature.item()),
             "grad_norm": float(self.grad_norm.item()) if self.grad_norm is not None else None,
             "data_time": data_time / n, "step_time": elapsed / n,
@@ -437,8 +474,12 @@ class Trainer:
                  f"patch {cfg['patch_size']}, {self.image_size} px), "
                  f"{self.model.num_params():,} parameters, on {self.device} x{env.world_size} "
                  f"({self.precision}); data: {self.data.describe}; global batch "
-                 f"{args.batch_size * env.world_size}; steps {self.step} -> {self.total_steps}"
+                 f"{self.data.global_batch} ({args.batch_size} per process x accum "
+                 f"{args.accum_freq} x {env.world_size}); steps {self.step} -> "
+                 f"{self.total_steps}"
                  + (f"; resumed from {self.resume_path}" if self.resume_path else ""))
+        if self.world_change:
+            self.log(self.world_change)
         from tqdm import tqdm
         self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
                         dynamic_ncols=True, disable=args.no_progress or not env.is_master)
@@ -454,9 +495,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            batch = next(self.batches)
+            batches = [next(self.batches) for _ in range(args.accum_freq)]
             data_time += time.perf_counter() - t0
-            step_stats = self._step(batch)
+            step_stats = self._step(batches)
             self.stats += step_stats
             if args.loss == "softmax":
                 self._watch_collapse(step_stats)

@@ -131,10 +131,12 @@ def build_parser():
                    help="softmax (CLIPPO's) or sigmoid (SigLIP's, with a learned bias)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_positive_int, default=64, help="per process")
+    g.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="samples per process and micro-batch")
     g.add_argument("--accum-freq", type=_positive_int, default=1,
-                   help="split each batch into this many micro-batches (the loss stays over "
-                        "the whole batch, as open_clip's --accum-freq)")
+                   help="micro-batches per optimizer step, as OpenCLIP's: each step takes "
+                        "batch-size x accum-freq x processes samples and its loss is over all "
+                        "of them (embeddings of the other micro-batches cached)")
     steps = g.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=_positive_int, help="optimizer steps to train")
     steps.add_argument("--epochs", type=_non_negative_float,
