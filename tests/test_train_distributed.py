@@ -67,8 +67,6 @@ def test_accumulation_with_skipped_samples_does_not_hang(tmp_path):
 
     import numpy as np
     from PIL import Image
-
-    from clippo.train.data import GlobalBatchSampler
     rows, missing = ["filepath\ttitle"], set()
     for i in range(40):
         if i % 5 in (1, 3):  # 40% of the rows name a file that is not there
@@ -98,6 +96,7 @@ def test_accumulation_with_skipped_samples_does_not_hang(tmp_path):
         pytest.fail("the 2-process run with --accum-freq 2 and skipped samples hung")
     assert proc.returncode == 0, err[-3000:]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from clippo.train.data import GlobalBatchSampler
     sampler = GlobalBatchSampler(40, 4, world_size=2, accum_freq=2, seed=1)
     want = [sum(i in missing for _, i, _ in sampler.refs(16 * k, 16)) for k in range(6)]
     assert [r["skipped"] for r in lines] == want
