@@ -59,8 +59,8 @@ def test_effective_batch_is_batch_times_accum_times_world():
     """OpenCLIP's rule: each rank takes accum_freq micro-batches of batch_size per step, and
     one step of all ranks is the next batch x accum x world samples of the global order."""
     n, batch, accum, world = 50, 3, 2, 2
-    samplers = [GlobalBatchSampler(n, batch, rank=r, world_size=world, accum_freq=accum,
-                                   seed=4) for r in range(world)]
+    samplers = [GlobalBatchSampler(n, batch * accum * world, rank=r, world_size=world,
+                                   accum_freq=accum, seed=4) for r in range(world)]
     assert samplers[0].global_batch == 12
     streams = [iter(s) for s in samplers]
     order = np.concatenate([np.random.default_rng([4, e]).permutation(n) for e in range(3)])
@@ -136,6 +136,30 @@ def test_resume_on_another_world_size_sees_every_sample_once(csv_data, world):
     order = np.random.default_rng([0, 0]).permutation(32)
     assert sorted(t for b in second for t in b["texts"]) == sorted(
         f"photo {i}" for i in order[16:] if i < 31)
+
+
+@pytest.mark.parametrize("world, batch", [(1, 8), (2, 4), (4, 2)])
+def test_text_pairs_take_the_same_share_of_the_global_batch_on_any_world_size(csv_data,
+                                                                              world, batch):
+    """--text-pair-fraction 0.25 of a global batch of 16 is 4 pairs and 12 photos whatever the
+    split over processes (per rank, batch 2 would give 1 + 1), every micro-batch holding
+    --batch-size samples."""
+    args = _args("--train-data", str(csv_data), "--text-pairs", "builtin",
+                 "--train-num-samples", "50", "--batch-size", str(batch), "--accum-freq", "2",
+                 "--workers", "0")
+    ranks = [get_data(args, 32, rank=r, world_size=world) for r in range(world)]
+    assert all(d.global_batch == 16 and d.image_batch == 12 and d.pair_batch == 4
+               for d in ranks)
+    refs = []
+    for data in ranks:
+        image, pairs = data.samplers
+        for j in range(2):
+            micro = image.micro_batch(16 * 0, j) + pairs.micro_batch(0, j)
+            assert len(micro) == batch
+            refs += micro
+    want_images = GlobalBatchSampler(32, 12, seed=0).refs(0, 12)
+    want_pairs = GlobalBatchSampler(50, 4, seed=1, source=1).refs(0, 4)
+    assert sorted(refs) == sorted(want_images + want_pairs)
 
 
 def test_another_world_size_needs_the_same_global_batch():

@@ -4,10 +4,13 @@ or built-in data, optionally mixed with text pairs.
 Map-style data (CSV, built-in, local WebDataset shards, text pairs) is read in one global
 order: epoch e is a permutation of the dataset drawn from numpy's generator seeded by
 (seed, e), and the epochs are concatenated into one stream of samples (so a step may hold the
-end of one epoch and the start of the next). An optimizer step takes the next
-G = batch_size x accum_freq x world_size samples of the stream (OpenCLIP's effective batch):
-rank r's micro-batch j of the step is the stream's slice at G x step + (j x W + r) x B, B
-samples long. Text pairs have their own stream (seed + 1), sliced the same way.
+end of one epoch and the start of the next). An optimizer step takes
+G = batch_size x accum_freq x world_size samples (OpenCLIP's effective batch): with text pairs
+(--text-pair-fraction f) round(f G) pairs from their own stream (seed + 1) and the rest
+image-text samples, each stream's next samples of the step dealt out in order to the W x k
+slots (rank r's micro-batch j is slot j x W + r) as evenly as they go, so that every
+micro-batch holds batch_size samples (the image-text extras fill the first slots, the pairs'
+the last).
 
 The data position is therefore one number per stream, the global samples taken: it does
 not depend on the number of workers or processes. A checkpoint stores it; resuming with other
@@ -56,26 +59,37 @@ class GlobalBatchSampler:
     """This rank's micro-batches of sample references (source, index, epoch) into a stream of
     global sample positions (see the module docstring).
 
-    num_samples: the dataset's length; batch_size: per rank and micro-batch; start: the global
-    position of the first step (a multiple of global_batch in a resumed run). `order`
-    (epoch -> an array of num_samples indices) replaces the seeded permutation, e.g. for
-    sampling with replacement; any map-style dataset plugs in through its length.
+    num_samples: the dataset's length; global_batch: this stream's samples per optimizer step
+    over all ranks, dealt out to the world_size x accum_freq slots (the extras to the first
+    slots, or to the last with extras_last); start: the global position of the first step (a
+    multiple of global_batch in a resumed run). `order` (epoch -> an array of num_samples
+    indices) replaces the seeded permutation, e.g. for sampling with replacement; any
+    map-style dataset plugs in through its length.
     """
 
-    def __init__(self, num_samples, batch_size, *, rank=0, world_size=1, accum_freq=1, seed=0,
-                 start=0, shuffle=True, order=None, source=IMAGE_TEXT):
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+    def __init__(self, num_samples, global_batch, *, rank=0, world_size=1, accum_freq=1,
+                 seed=0, start=0, shuffle=True, order=None, source=IMAGE_TEXT,
+                 extras_last=False):
+        if global_batch <= 0:
+            raise ValueError(f"the batch must be positive, got {global_batch}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if num_samples <= 0:
             raise ValueError("the dataset holds no samples")
-        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.num_samples, self.global_batch = int(num_samples), int(global_batch)
         self.rank, self.world_size, self.accum_freq = rank, world_size, int(accum_freq)
-        self.global_batch = self.batch_size * self.accum_freq * self.world_size
         self.order = order or shuffled_order(self.num_samples, int(seed), shuffle)
         self.source = source
         self.start = int(start)
+        self.extras_last = extras_last
+
+    def slot(self, m):
+        """(offset in the step, size) of slot m = j x world_size + rank."""
+        slots = self.world_size * self.accum_freq
+        base, extra = divmod(self.global_batch, slots)
+        first = slots - extra if self.extras_last else 0  # the slots that take one more
+        offset = m * base + min(max(m - first, 0), extra)
+        return offset, base + (first <= m < first + extra)
 
     def refs(self, position, count):
         """The references of global positions [position, position + count)."""
@@ -88,8 +102,8 @@ class GlobalBatchSampler:
 
     def micro_batch(self, step_position, j):
         """Micro-batch j of this rank in the step that starts at global `step_position`."""
-        offset = (j * self.world_size + self.rank) * self.batch_size
-        return self.refs(step_position + offset, self.batch_size)
+        offset, size = self.slot(j * self.world_size + self.rank)
+        return self.refs(step_position + offset, size)
 
     def __iter__(self):
         position = self.start
@@ -251,6 +265,7 @@ class TrainData:
 
     def __init__(self, samplers, make_loader, *, accum_freq, describe, image_batch,
                  pair_batch=0):
+        # image_batch, pair_batch: the global samples of each kind per step
         self.samplers = samplers  # image-text first, then text pairs when mixed in
         self._make_loader = make_loader
         self.accum_freq = accum_freq
@@ -415,12 +430,13 @@ def _text_pair_dataset(args):
     return TextPairDataset(args.text_pairs)
 
 
-def _batch_split(args):
-    """(image-text, text-pair) samples per rank and micro-batch."""
+def _batch_split(args, batch_size=None):
+    """(image-text, text-pair) samples of a batch (default: per rank and micro-batch)."""
     from clippo.data.mix import split_batch_size
+    batch_size = args.batch_size if batch_size is None else batch_size
     if bool(args.text_pairs) and args.text_pair_fraction > 0:
-        return split_batch_size(args.batch_size, args.text_pair_fraction)
-    return args.batch_size, 0
+        return split_batch_size(batch_size, args.text_pair_fraction)
+    return batch_size, 0
 
 
 def get_data(args, image_size, rank=0, world_size=1):
@@ -428,19 +444,22 @@ def get_data(args, image_size, rank=0, world_size=1):
     import torch
 
     kind = check_sources(args)
-    image_batch, pair_batch = _batch_split(args)
     accum = getattr(args, "accum_freq", 1)
     if _streamed(args, kind):
+        image_batch, pair_batch = _batch_split(args)
         return _stream_data(args, image_size, image_batch, pair_batch, rank, world_size)
+    # the split of the global batch, so that it does not depend on the number of processes
+    image_batch, pair_batch = _batch_split(args, args.batch_size * accum * world_size)
+    if not image_batch:
+        raise ValueError("--text-pair-fraction 1 leaves no image-text samples in a batch")
 
     dataset = _image_text_dataset(args, kind, image_size)
     if len(dataset) == 0:
         raise ValueError(f"--train-data {args.train_data} holds no (readable) samples")
     common = dict(rank=rank, world_size=world_size, accum_freq=accum)
     samplers, sources = [], {}
-    if image_batch:
-        samplers.append(GlobalBatchSampler(len(dataset), image_batch, seed=args.seed,
-                                           source=IMAGE_TEXT, **common))
+    samplers.append(GlobalBatchSampler(len(dataset), image_batch, seed=args.seed,
+                                       source=IMAGE_TEXT, **common))
     sources[IMAGE_TEXT] = dataset
     describe = {"builtin": f"built-in scenes ({len(dataset):,} samples)",
                 "csv": f"CSV {args.train_data} ({len(dataset):,} samples)",
@@ -449,12 +468,10 @@ def get_data(args, image_size, rank=0, world_size=1):
     if pair_batch:
         pairs = _text_pair_dataset(args)
         samplers.append(GlobalBatchSampler(len(pairs), pair_batch, seed=args.seed + 1,
-                                           source=TEXT_PAIRS, **common))
+                                           source=TEXT_PAIRS, extras_last=True, **common))
         sources[TEXT_PAIRS] = pairs
-        describe += (f" + text pairs {args.text_pairs} ({pair_batch} of {args.batch_size} "
-                     f"per micro-batch)")
-    if not image_batch:
-        raise ValueError("--text-pair-fraction 1 leaves no image-text samples in a batch")
+        describe += (f" + text pairs {args.text_pairs} ({pair_batch} of "
+                     f"{image_batch + pair_batch} per step)")
     samples = SampleDataset(sources, args.seed)
     workers, pin = args.workers, _pin_memory(args)
 
