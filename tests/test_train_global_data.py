@@ -172,6 +172,8 @@ def test_another_world_size_needs_the_same_global_batch():
     assert "no longer bit-exact" in note and "(16)" in note
     assert check_world_size_change(ckpt, SimpleNamespace(batch_size=1, accum_freq=4),
                                    SimpleNamespace(world_size=4))
+    assert "no longer bit-exact" in check_world_size_change(  # same processes, other split
+        ckpt, SimpleNamespace(batch_size=2, accum_freq=4), env)
     with pytest.raises(TrainError, match=r"global batch is 16 .*this run's is 8 .*"
                                          r"--batch-size 8 or --accum-freq 4"):
         check_world_size_change(ckpt, SimpleNamespace(batch_size=4, accum_freq=2),

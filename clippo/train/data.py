@@ -476,9 +476,12 @@ def get_data(args, image_size, rank=0, world_size=1):
     workers, pin = args.workers, _pin_memory(args)
 
     def make_loader(batch_sampler):
+        # the workers' base seed from a generator of its own: the global RNG stays untouched
+        # (the samples' random choices come from sample_rng, not from worker seeds)
         return torch.utils.data.DataLoader(
             samples, batch_sampler=batch_sampler, collate_fn=collate_samples,
             num_workers=workers, pin_memory=pin,
+            generator=torch.Generator().manual_seed(args.seed),
             **({"prefetch_factor": 2} if workers else {}))
     return TrainData(samplers, make_loader, accum_freq=accum, describe=describe,
                      image_batch=image_batch, pair_batch=pair_batch)

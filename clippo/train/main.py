@@ -214,9 +214,10 @@ def global_batch(batch_size, accum_freq, world_size):
 
 
 def check_world_size_change(ckpt, args, env):
-    """None when the checkpoint was written by as many processes; else the message to log for
-    a resume on another number of processes that keeps the global batch (per-rank
-    --batch-size x --accum-freq x processes); TrainError when it does not."""
+    """None when the checkpoint was written with this run's processes, --batch-size and
+    --accum-freq; else the message to log for a resume that splits the same global batch
+    (per-process --batch-size x --accum-freq x processes) otherwise; TrainError for another
+    global batch."""
     old_world = int(ckpt["world_size"])
     old = ckpt["args"]
     before = global_batch(old["batch_size"], old.get("accum_freq", 1), old_world)
@@ -235,12 +236,14 @@ def check_world_size_change(ckpt, args, env):
             f"accum {old.get('accum_freq', 1)} x {old_world} processes); this run's is {now} "
             f"({args.batch_size} x {args.accum_freq} x {env.world_size}): a resume must keep "
             f"the global batch{hint}")
-    if old_world == env.world_size:
+    split = (old["batch_size"], old.get("accum_freq", 1), old_world)
+    if split == (args.batch_size, args.accum_freq, env.world_size):
         return None
-    return (f"clippo train: resuming a {old_world}-process checkpoint on {env.world_size} "
-            f"processes with the same global batch ({now}): the steps take the same samples "
-            f"and the optimizer and schedule continue, but the run is no longer bit-exact "
-            f"with an uninterrupted one")
+    return (f"clippo train: resuming a checkpoint of {split[0]} per process x accum {split[1]} "
+            f"x {old_world} processes as {args.batch_size} x {args.accum_freq} x "
+            f"{env.world_size}, the same global batch ({now}): the steps take the same "
+            f"samples and the optimizer and schedule continue, but the run is no longer "
+            f"bit-exact with an uninterrupted one")
 
 
 def _check_resume_compatible(ckpt, args, env, model):
@@ -364,8 +367,8 @@ class Trainer:
             self.watchdog = dict(ckpt["watchdog"])
             self.stats.copy_(ckpt["log_interval"]["stats"])
             self.interval_steps = int(ckpt["log_interval"]["steps"])
-        self.batches = iter(self.data)  # starts the workers (and draws their base seed)
-        if ckpt is not None and self.world_change is None:
+        self.batches = iter(self.data)
+        if ckpt is not None and len(ckpt["rng"]) == env.world_size:
             ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
         else:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
