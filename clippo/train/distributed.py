@@ -25,6 +25,8 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this module initialised the process group (and ends it)
+    # a gloo group for collectives on host values (None: the default group is gloo)
+    cpu_group: object = None
 
     @property
     def distributed(self):
@@ -79,8 +81,11 @@ def init_distributed(device=None, backend=None):
         if store is not None:
             kw.update(store=store, rank=rank, world_size=world)
         dist.init_process_group(backend=backend, **kw)
+    cpu_group = None
+    if world > 1 and dist.get_backend() != "gloo":
+        cpu_group = dist.new_group(backend="gloo")  # host counts without a device sync
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=want,
-                   owns_group=owns)
+                   owns_group=owns, cpu_group=cpu_group)
 
 
 def _attempt_store(world_size, timeout=timedelta(minutes=30)):
@@ -119,6 +124,15 @@ def broadcast_object(obj, env, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_reduce_host_sum(value, env):
+    """An integer summed over ranks on the host (gloo): no wait for the device."""
+    if not env.distributed:
+        return int(value)
+    box = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(box, group=env.cpu_group)
+    return int(box.item())
 
 
 def all_reduce_sum(tensor, env):

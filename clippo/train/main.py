@@ -413,8 +413,8 @@ class Trainer:
         local = torch.zeros(3, dtype=torch.float64, device=self.device)
         local[2].fill_(sum(int(b.get("skipped", 0)) for b in batches))
         out = None
-        # one .item() sync per step: every rank takes the same branch
-        if count_rows(batches, self.device, env).item() > 0:
+        # the rows of every rank, summed on the host: every rank takes the same branch
+        if dist_lib.all_reduce_host_sum(count_rows(batches), env) > 0:
             out = train_step(self.module, self.task, self.optimizer, batches,
                              device=self.device, grad_clip_norm=args.grad_clip_norm,
                              autocast=self.autocast)

@@ -112,13 +112,9 @@ def forward_backward(module, task, micro_batches, autocast=None):
     return loss.detach()
 
 
-def count_rows(batches, device, env=None):
-    """Rows in the loss over every rank: a float64 device tensor (one all_reduce)."""
-    rows = sum(b["images"].shape[0] + len(b.get("texts_a") or []) for b in batches)
-    total = torch.tensor(float(rows), dtype=torch.float64, device=device)
-    if env is not None and env.distributed:
-        torch.distributed.all_reduce(total)
-    return total
+def count_rows(batches):
+    """Rows that the micro-batches put into the loss (photos and text pairs)."""
+    return sum(b["images"].shape[0] + len(b.get("texts_a") or []) for b in batches)
 
 
 def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
@@ -126,7 +122,7 @@ def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
     """One update from a list of micro-batches (the accum_freq batches of one step).
 
     Returns device tensors {loss, n (rows in the loss on this rank), grad_norm}. The caller
-    has made sure that some rank holds a row (count_rows).
+    has made sure that some rank holds a row (count_rows summed over ranks).
     """
     if isinstance(batches, dict):
         batches = [batches]
