@@ -45,7 +45,7 @@ import random
 from torch.utils.data import IterableDataset, get_worker_info
 
 from clippo.data.collate import collate_image_text
-from clippo.data.transforms import ImageTransform, load_and_transform
+from clippo.data.transforms import ImageTransform, load_and_transform, sample_rng
 
 __all__ = ["WebImageTextDataset", "IndexedShards", "expand_shard_urls", "decode_sample",
            "all_local", "IMAGE_KEYS"]
@@ -260,7 +260,9 @@ class WebImageTextDataset(IterableDataset):
                 sample = next(raw, _END)
                 if sample is _END:
                     break
-                items.append(decode_sample(sample, self.transform))
+                # random augmentations: a function of (seed, epoch, reader, sample number)
+                with sample_rng(self.seed, state.epoch, reader, state.samples):
+                    items.append(decode_sample(sample, self.transform))
                 state.samples += 1
             if not items:
                 return
