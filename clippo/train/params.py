@@ -94,8 +94,8 @@ def build_parser():
                    "('dir/{000000..000099}.tar'), or 'builtin' (synthetic scenes)")
     g.add_argument("--dataset-type", choices=DATASET_TYPES, default="auto")
     g.add_argument("--train-num-samples", type=_positive_int,
-                   help="samples per epoch (WebDataset: needed for --epochs; builtin: the "
-                        "dataset's size, default 10000)")
+                   help="samples per epoch (remote WebDataset shards: needed; local shards "
+                        "are counted; builtin: the dataset's size, default 10000)")
     g.add_argument("--builtin-languages", type=_language_mix,
                    help="caption languages of the built-in data and their shares, e.g. 'en' "
                         "or 'en=0.5,de=0.2,ru=0.15,zh=0.15' (default: "
