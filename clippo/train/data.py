@@ -465,6 +465,10 @@ def get_data(args, image_size, rank=0, world_size=1):
                 "csv": f"CSV {args.train_data} ({len(dataset):,} samples)",
                 "webdataset": f"WebDataset {args.train_data} ({len(dataset):,} samples "
                               f"indexed)"}[kind]
+    if kind == "webdataset" and args.train_num_samples and \
+            args.train_num_samples != len(dataset):
+        describe += (f" (--train-num-samples {args.train_num_samples:,} does not apply: the "
+                     f"epoch is the samples indexed)")
     if pair_batch:
         pairs = _text_pair_dataset(args)
         samplers.append(GlobalBatchSampler(len(pairs), pair_batch, seed=args.seed + 1,
