@@ -16,7 +16,8 @@ number of steps. Without num_samples a reader makes one pass over its shards (ra
 differ in length). `resampled` draws shards with replacement (needs num_samples).
 
 Skipping: an undecodable image, a sample without an image or caption, or an empty caption
-becomes None and is counted by collate_image_text in the batch's "skipped". A shard that
+becomes a Skipped ("shard:key") and is counted by collate_image_text in the batch's
+"skipped". A shard that
 cannot be opened or read to its end is reported with a warning and the rest of it is skipped
 (its lost samples cannot be counted).
 
@@ -44,7 +45,7 @@ import random
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from clippo.data.collate import collate_image_text
+from clippo.data.collate import Skipped, collate_image_text
 from clippo.data.transforms import ImageTransform, load_and_transform, sample_rng
 
 __all__ = ["WebImageTextDataset", "IndexedShards", "expand_shard_urls", "decode_sample",
@@ -113,19 +114,21 @@ def _caption_of(sample):
 
 
 def decode_sample(sample, transform):
-    """webdataset sample dict -> (uint8 image [3, S, S], caption) or None (skip)."""
+    """webdataset sample dict -> (uint8 image [3, S, S], caption) or a Skipped naming it."""
+    from clippo.data.collate import Skipped
+    name = f"{sample.get('__url__', '')}:{sample.get('__key__')}".lstrip(":")
     caption = _caption_of(sample)
     caption = caption.strip() if caption is not None else ""
     if not caption:
         log.debug("%s: no caption; skipped", sample.get("__key__"))
-        return None
+        return Skipped(f"{name} (no caption)")
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         log.debug("%s: no image (%s); skipped", sample.get("__key__"), "/".join(IMAGE_KEYS))
-        return None
+        return Skipped(f"{name} (no image)")
     image = load_and_transform(data, transform)
     if image is None:
-        return None
+        return Skipped(name)
     return image, caption
 
 
@@ -368,7 +371,7 @@ def index_shard(path):
 
 class IndexedShards:
     """Map-style dataset over local WebDataset shards: item i -> (uint8 image [3, S, S],
-    caption) or None (skip), as decode_sample. The index (every shard's tar headers) is read
+    caption) or a Skipped naming the sample (shard:key), as decode_sample's None. The index (every shard's tar headers) is read
     at construction; a shard that cannot be opened is indexed up to where it breaks, with a
     warning."""
 
@@ -400,9 +403,11 @@ class IndexedShards:
         return sample
 
     def __getitem__(self, i):
+        name = f"{self.urls[self._shard[i]]}:{self._members[i][0]}"
         try:
             sample = self.raw(i)
         except OSError as e:
-            log.debug("WebDataset: cannot read sample %d: %s", i, e)
-            return None
-        return decode_sample(sample, self.transform)
+            log.debug("WebDataset: cannot read sample %s: %s", name, e)
+            return Skipped(name)
+        item = decode_sample(sample, self.transform)
+        return Skipped(name) if item is None else item

@@ -145,7 +145,8 @@ def collate_samples(items):
     pairs = collate_text_pairs([x for s, x in items if s == TEXT_PAIRS])
     return {"images": images["images"], "texts": images["texts"],
             "texts_a": pairs["texts_a"], "texts_b": pairs["texts_b"],
-            "skipped": images["skipped"] + pairs["skipped"]}
+            "skipped": images["skipped"] + pairs["skipped"],
+            "skipped_names": images["skipped_names"]}
 
 
 class ShardedBatchSampler:
@@ -245,10 +246,12 @@ def _stateful_loader(dataset, batch_sampler, collate_fn, workers, seed, pin_memo
     import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
+    from clippo.train.stop import ignore_stop_signals
+
     generator = torch.Generator().manual_seed(seed)  # worker seeds: independent of global RNG
     return StatefulDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
                               num_workers=workers, pin_memory=pin_memory, generator=generator,
-                              persistent_workers=False,
+                              persistent_workers=False, worker_init_fn=ignore_stop_signals,
                               **({"prefetch_factor": 2} if workers else {}))
 
 
@@ -272,6 +275,8 @@ class TrainData:
         self.describe = describe
         self.image_batch, self.pair_batch = image_batch, pair_batch
         self.samples_per_epoch = samplers[0].num_samples
+        self.num_samples = self.samples_per_epoch  # image-text samples per epoch
+        self.images_per_step = samplers[0].global_batch  # over all ranks
         self.global_batch = sum(s.global_batch for s in samplers)
         self.steps_per_epoch = self.samples_per_epoch / samplers[0].global_batch
         self.micro_batches = 0  # taken since the start position
@@ -330,7 +335,9 @@ class StreamTrainData:
         self.describe = describe
         self.image_batch, self.pair_batch = image_batch, pair_batch
         self.global_batch = (image_batch + pair_batch) * accum_freq * world_size
+        self.images_per_step = image_batch * accum_freq * world_size
         self.samples_per_epoch = None
+        self.num_samples = None  # set by the caller when known (--train-num-samples)
         self.workers, self.world_size = workers, world_size
         self.micro_batches = 0  # since the start of the run
 
@@ -478,13 +485,14 @@ def get_data(args, image_size, rank=0, world_size=1):
                      f"{image_batch + pair_batch} per step)")
     samples = SampleDataset(sources, args.seed)
     workers, pin = args.workers, _pin_memory(args)
+    from clippo.train.stop import ignore_stop_signals
 
     def make_loader(batch_sampler):
         # the workers' base seed from a generator of its own: the global RNG stays untouched
         # (the samples' random choices come from sample_rng, not from worker seeds)
         return torch.utils.data.DataLoader(
             samples, batch_sampler=batch_sampler, collate_fn=collate_samples,
-            num_workers=workers, pin_memory=pin,
+            num_workers=workers, pin_memory=pin, worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(args.seed),
             **({"prefetch_factor": 2} if workers else {}))
     return TrainData(samplers, make_loader, accum_freq=accum, describe=describe,
@@ -498,6 +506,7 @@ def _stream_data(args, image_size, image_batch, pair_batch, rank, world_size):
     from clippo.data.collate import collate_text_pairs
     from clippo.data.mix import MixedLoader
     from clippo.data.wds import WebImageTextDataset
+    from clippo.train.stop import ignore_stop_signals
     if not args.train_num_samples:
         raise ValueError("remote WebDataset training data needs --train-num-samples (the epoch "
                          "length, so that every rank takes the same number of steps)")
@@ -508,6 +517,7 @@ def _stream_data(args, image_size, image_batch, pair_batch, rank, world_size):
                                   world_size=world_size)
     loader = EpochLoop(StatefulDataLoader(dataset, batch_size=None, num_workers=args.workers,
                                           pin_memory=_pin_memory(args),
+                                          worker_init_fn=ignore_stop_signals,
                                           generator=torch.Generator().manual_seed(args.seed)),
                        dataset)
     describe = f"WebDataset {args.train_data} ({args.train_num_samples:,} samples/epoch)"
@@ -519,10 +529,12 @@ def _stream_data(args, image_size, image_batch, pair_batch, rank, world_size):
                                        seed=(args.seed + 1) * 1_000_003 + rank)
         loader = MixedLoader(loader, pair_loader, pair_batch)
         describe += f" + text pairs {args.text_pairs} ({pair_batch} of {args.batch_size})"
-    return StreamTrainData(loader, accum_freq=getattr(args, "accum_freq", 1),
+    data = StreamTrainData(loader, accum_freq=getattr(args, "accum_freq", 1),
                            batches_per_epoch=len(dataset), describe=describe,
                            image_batch=image_batch, pair_batch=pair_batch,
                            workers=args.workers, world_size=world_size)
+    data.num_samples = args.train_num_samples
+    return data
 
 
 def steps_for_epochs(epochs, steps_per_epoch):

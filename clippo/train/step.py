@@ -28,6 +28,8 @@ import contextlib
 import torch
 from torch import nn
 
+from clippo.train.nonfinite import guarded_step
+
 
 class ContrastiveTask(nn.Module):
     """The model and the loss in one module, so that DDP averages the gradients of both (the
@@ -119,10 +121,12 @@ def count_rows(batches):
 
 def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
                autocast=None):
-    """One update from a list of micro-batches (the accum_freq batches of one step).
+    """One update from a list of micro-batches (the accum_freq batches of one step); none
+    when the gradient norm is NaN/Inf.
 
-    Returns device tensors {loss, n (rows in the loss on this rank), grad_norm}. The caller
-    has made sure that some rank holds a row (count_rows summed over ranks).
+    Returns {loss, n (rows in the loss on this rank), grad_norm, finite (whether the update
+    was made)}, tensors on the device. The caller has made sure that some rank holds a row
+    (count_rows summed over ranks).
     """
     if isinstance(batches, dict):
         batches = [batches]
@@ -134,6 +138,9 @@ def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    optimizer.step()
+    # a NaN/Inf gradient skips the update: the weights and moments stay as they were (the
+    # norm is of the all-reduced gradient, so every rank decides alike)
+    finite = torch.isfinite(grad_norm)
+    guarded_step(optimizer, finite)
     return {"loss": loss, "n": sum(left.shape[0] for left, _ in sides),
-            "grad_norm": grad_norm.detach()}
+            "grad_norm": grad_norm.detach(), "finite": finite}
