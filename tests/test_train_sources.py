@@ -60,7 +60,7 @@ def test_csv_with_skipped_rows(tmp_path):
     bad = [sum(i >= 12 for _, i, _ in sampler.micro_batch(8 * k, 0))  # rows 12, 13: broken
            for k in range(4)]
     assert [r["skipped"] for r in lines] == bad and sum(bad) == 4  # each bad row twice
-    assert [r["batch_size"] for r in lines] == [8] * 4  # the global samples per step
+    assert [r["batch_size"] for r in lines] == [8 - b for b in bad]  # the samples in the loss
     assert [r["epoch"] for r in lines] == [0, 1, 1, 2]  # samples 8, 16, 24, 32 of 14 each
 
 

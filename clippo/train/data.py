@@ -297,11 +297,20 @@ class TrainData:
                 "global_batches": [s.global_batch for s in self.samplers],
                 "num_samples": [s.num_samples for s in self.samplers]}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
+        """Continue at the state's positions. strict=False (--resume-allow-changes): the
+        datasets and the global batch may have changed; each stream goes on from the
+        position of the same stream in the checkpoint (a new one from 0)."""
         if state.get("kind") != self.kind:
             raise ValueError("the checkpoint's data position is of another kind (streamed "
                              "WebDataset shards, or an older clippo): resume with the data "
                              "and version it was written with")
+        if not strict:
+            positions = list(state["positions"])
+            for i, sampler in enumerate(self.samplers):
+                sampler.start = int(positions[i]) if i < len(positions) else 0
+            self.micro_batches = 0
+            return
         if list(state["num_samples"]) != [s.num_samples for s in self.samplers]:
             raise ValueError(f"the training data changed: the checkpoint's datasets held "
                              f"{state['num_samples']} samples, now "
@@ -353,7 +362,7 @@ class StreamTrainData:
                 "micro_batches": self.micro_batches, "workers": self.workers,
                 "world_size": self.world_size}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
         if state.get("kind") != self.kind:
             raise ValueError("the checkpoint's data position is of another kind: resume with "
                              "the data it was written with")

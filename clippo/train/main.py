@@ -385,7 +385,11 @@ class Trainer:
         self.optimizer = build_optimizer(args, self.task)
         self.world_change = None
         if ckpt is not None:
-            self.world_change = check_world_size_change(ckpt, args, env)
+            try:
+                self.world_change = check_world_size_change(ckpt, args, env)
+            except TrainError:  # another global batch: listed by the flag guard below
+                if not args.resume_allow_changes:
+                    raise
             _check_resume_compatible(ckpt, args, env, self.model)
             self.task.load_state_dict(ckpt["task"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -433,7 +437,8 @@ class Trainer:
             # the global data position is the same in every rank's state; streamed shards'
             # states refuse another world size themselves
             try:
-                self.data.load_state_dict(ckpt["data"][min(env.rank, len(ckpt["data"]) - 1)])
+                self.data.load_state_dict(ckpt["data"][min(env.rank, len(ckpt["data"]) - 1)],
+                                          strict=not args.resume_allow_changes)
             except ValueError as e:
                 raise TrainError(f"--resume: {e}") from None
             self.watchdog.update(ckpt["watchdog"])
@@ -626,7 +631,7 @@ class Trainer:
             "step": self.step, "epoch": self.data.epoch(), "loss": loss, "lr": lr,
             "samples_per_s": rows / elapsed if elapsed > 0 else None,
             "skipped": int(skipped), "nonfinite_steps": int(nonfinite),
-            "batch_size": self.data.global_batch,
+            "batch_size": int(rows / n),  # the samples in the loss per step, over all ranks
             "logit_scale": float(self.model.temperature.item()),
             "grad_norm": grad_norm if grad_norm is not None and math.isfinite(grad_norm) else None,
             "data_time": data_time / n, "step_time": elapsed / n,
