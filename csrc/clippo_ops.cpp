@@ -31,8 +31,9 @@ TORCH_LIBRARY(clippo, m) {
   m.def("rasterize(Tensor glyphs, Tensor row_offsets, Tensor glyph_cols, Tensor atlas, "
         "int image_size, int background) -> Tensor");
   // Ink masks (render/ink.h): which patch_size x patch_size patches of each image hold a
-  // pixel != background, from the layout and ink_rows, int64 [G, cell_h, ceil(cell_w / 64)]
-  // (bit c % 64 of word c / 64 of row r of glyph g: atlas[g, r, c] != background).
+  // pixel != background, from the layout and ink_rows, int64 [G, cell_h + 1, ceil(cell_w / 64)]
+  // (bit c % 64 of word c / 64 of row r of glyph g: atlas[g, r, c] != background; row
+  // cell_h: the OR of the rows).
   // ink: bool [B, (S / patch_size)^2], patches row-major. render_text with its ink mask:
   m.def("render_text_ink(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, "
         "Tensor atlas, Tensor ink_rows, int image_size, int max_chars, bool lower, "

@@ -76,7 +76,8 @@ def _cases():
         for uint8 in (True, False):
             cases.append((f"patch_embed {name} {'uint8' if uint8 else 'float'}",
                           patch(dtype, uint8)))
-        cases.append((f"patch_embed {name} uint8 kept patches", patch(dtype, True, kept=True)))
+        if dtype == torch.bfloat16:  # the ink tokens of bf16 training
+            cases.append((f"patch_embed {name} uint8 kept patches", patch(dtype, True, kept=True)))
         for dh in (64, 128):
             cases.append((f"attention {name} Dh={dh}", attn(dtype, 197, 197, dh)))
             cases.append((f"attention {name} Dh={dh} one query", attn(dtype, 1, 196, dh)))

@@ -194,16 +194,26 @@ if HAS_TRITON:
         top-left pixel) for image strides (sb, sh, sw). The patch (row-major over a GW-wide
         grid of N) is the slot itself, or with HAS_INDEX idx[image, slot]; keep is False for
         rows past the end and for padding (a negative index; also >= N, never read)."""
-        img = offs_m // L
-        slot = offs_m % L
         if HAS_INDEX:
-            tok = tl.load(idx_ptr + img * sib + slot * sil, mask=mask_m, other=-1).to(tl.int64)
+            # int32 rows and patch numbers (B * L and N < 2^31, checked at launch): 32-bit
+            # divisions, not the 64-bit division routine (which costs stack on the GPU)
+            row = offs_m.to(tl.int32)
+            img = (row // L).to(tl.int64)
+            slot = (row % L).to(tl.int64)
+            tok = tl.load(idx_ptr + img * sib + slot * sil, mask=mask_m, other=-1).to(tl.int32)
             keep = mask_m & (tok >= 0) & (tok < N)
             tok = tl.where(keep, tok, 0)
+            py = (tok // GW).to(tl.int64)
+            px = (tok % GW).to(tl.int64)
+            tok = tok.to(tl.int64)
         else:
+            img = offs_m // L
+            slot = offs_m % L
             tok = slot
             keep = mask_m
-        return img, slot, tok, keep, img * sb + (tok // GW) * (P * sh) + (tok % GW) * (P * sw)
+            py = tok // GW
+            px = tok % GW
+        return img, slot, tok, keep, img * sb + py * (P * sh) + px * (P * sw)
 
     @triton.jit
     def _patch_cols(offs_k, P: tl.constexpr, sc, sh, sw):
@@ -229,6 +239,10 @@ if HAS_TRITON:
         offs_m, mask_m, offs_n, mask_n = gemm_tile(M, D, BLOCK_M, BLOCK_N, GROUP_M)
         img, slot, tok, keep, row_off = _patch_rows(offs_m, mask_m, L, N, GW, P, sxb, sxh, sxw,
                                                     idx_ptr, sib, sil, HAS_INDEX)
+        # one offset per row for the epilogue's reads and writes: fewer registers held
+        # through the K loop than (image, slot, patch)
+        out_row = img * sob + slot * son
+        pos_row = tok * spn
         w_row = offs_n.to(tl.int64) * swd
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -250,12 +264,12 @@ if HAS_TRITON:
             bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)
             acc += bias[None, :]
         if HAS_POS:
-            pos = tl.load(pos_ptr + tok[:, None] * spn + offs_n[None, :] * spd,
+            pos = tl.load(pos_ptr + pos_row[:, None] + offs_n[None, :] * spd,
                           mask=keep[:, None] & mask_n[None, :], other=0)
             acc += pos.to(tl.float32)
         if HAS_INDEX:  # padding slots are zero tokens
             acc = tl.where(keep[:, None], acc, 0.0)
-        o = o_ptr + img[:, None] * sob + slot[:, None] * son + offs_n[None, :] * sod
+        o = o_ptr + out_row[:, None] + offs_n[None, :] * sod
         tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
     @triton.jit
@@ -337,6 +351,8 @@ def patch_embed_fwd(images: Tensor, weight: Tensor, bias: Optional[Tensor],
     m, k = b * tokens, c * p * p
     if m == 0:
         return out
+    if patch_index is not None and m >= 2 ** 31:
+        raise ValueError(f"patch_embed: B * L = {m} token rows; the kernel takes < 2^31")
     idx = patch_index
     # any tensor serves as the pointer of an absent optional input
     _patch_embed_fwd(
@@ -372,6 +388,8 @@ def patch_embed_grad_weight(images: Tensor, grad_out: Tensor, patch: int,
     m, k = b * tokens, c * patch * patch
     if m == 0:
         return torch.zeros((d, c, patch, patch), device=images.device, dtype=grad_out.dtype)
+    if patch_index is not None and m >= 2 ** 31:
+        raise ValueError(f"patch_embed: B * L = {m} token rows; the kernel takes < 2^31")
     split, chunk = _split_rows(m, d, k, images.device)
     part = torch.empty((split, d, k), device=images.device, dtype=torch.float32)
     idx = patch_index

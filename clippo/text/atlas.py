@@ -375,18 +375,19 @@ def render_tables(atlas, cfg):
 def ink_table(shaded, background):
     """Per-glyph ink bits of a shaded atlas [G, h, w], for the renderer's patch ink masks.
 
-    Returns int64 [G, h, ceil(w / 64)]: bit c % 64 of word c // 64 of row r of glyph g is set
-    where shaded[g, r, c] != background (a pixel that differs from the background is ink, so
-    with text_brightness == background_brightness nothing is).
+    Returns int64 [G, h + 1, ceil(w / 64)]: bit c % 64 of word c // 64 of row r of glyph g is
+    set where shaded[g, r, c] != background (a pixel that differs from the background is ink,
+    so with text_brightness == background_brightness nothing is); row h is the OR of the rows.
     """
     g, h, w = shaded.shape
     words = -(-w // 64)
-    out = np.empty((g, h, words * 8), np.uint8)
+    out = np.empty((g, h + 1, words * 8), np.uint8)
     chunk = max(1, (64 << 20) // (h * words * 64))  # bounds the bool temporaries
     for lo in range(0, g, chunk):
         inked = np.zeros((min(chunk, g - lo), h, words * 64), bool)
         inked[..., :w] = shaded[lo:lo + chunk] != background
-        out[lo:lo + chunk] = np.packbits(inked, axis=-1, bitorder="little")
+        out[lo:lo + chunk, :h] = np.packbits(inked, axis=-1, bitorder="little")
+        out[lo:lo + chunk, h] = np.bitwise_or.reduce(out[lo:lo + chunk, :h], axis=1)
     return out.view("<i8")
 
 

@@ -119,5 +119,5 @@ def _render_text_ink_into_fake(text, offsets, cmap, glyph_cols, atlas, ink_rows,
 @torch.library.register_fake("clippo::patch_ink")
 def _patch_ink_fake(glyphs, row_offsets, glyph_cols, ink_rows, image_size, patch_size,
                     pin_memory=False):
-    batch = (row_offsets.shape[0] - 1) // _rows(image_size, ink_rows.shape[1])
+    batch = (row_offsets.shape[0] - 1) // _rows(image_size, ink_rows.shape[1] - 1)
     return glyphs.new_empty((batch, _patches(image_size, patch_size)), dtype=torch.bool)

@@ -3,8 +3,10 @@
 // the pixels of the render. Torch-free, shared by the one-pass CPU render, the `patch_ink` op
 // (a host layout, as the CUDA path draws it) and the C++ tests.
 //
-// The ink table has one bit per atlas pixel: ink_rows[(g * cell_h + r) * words + c / 64] bit
-// c % 64 is set where the shaded atlas cell g differs from the background at (r, c). It is
+// The ink table has one bit per atlas pixel: ink_rows[(g * (cell_h + 1) + r) * words + c / 64]
+// bit c % 64 is set where the shaded atlas cell g differs from the background at (r, c); row
+// cell_h of each glyph holds the OR of its rows (a patch row that spans the whole cell, as
+// 16-pixel patches do over 16-pixel text rows, reads that one row). It is
 // exact where a glyph's cell is not: a cell is cell_h rows tall and its kept columns may
 // include blank ones (spacing, min_width, gaps such as ':' or '"'), and with antialiasing or
 // text_brightness == background_brightness a shaded pixel may equal the background.
@@ -20,7 +22,7 @@ namespace clippo {
 constexpr int32_t kMaxInkWords = 4;  // cells up to 256 columns (the rasterizer's limit)
 
 struct InkTable {
-  const uint64_t* rows;  // [num_glyphs, cell_h, words]
+  const uint64_t* rows;  // [num_glyphs, cell_h + 1, words]: the rows, then their OR
   int32_t words;         // 64-bit words per atlas row: ceil(cell_w / 64), 1..kMaxInkWords
   int32_t cell_h;
   int32_t image_size;
@@ -49,14 +51,18 @@ inline void mark_glyph_ink(uint8_t* ink, const InkTable& t, int32_t glyph, int32
   if (x + width > S) width = S - x;
   const int32_t h = y0 + t.cell_h > S ? S - y0 : t.cell_h;
   if (width <= 0 || h <= 0) return;
-  const uint64_t* g = t.rows + static_cast<int64_t>(glyph) * t.cell_h * t.words;
+  const uint64_t* g = t.rows + static_cast<int64_t>(glyph) * (t.cell_h + 1) * t.words;
   const int32_t px_lo = x / p, px_hi = (x + width - 1) / p;
   for (int32_t py = y0 / p; py * p < y0 + h; ++py) {
     const int32_t r0 = std::max(py * p, y0) - y0, r1 = std::min((py + 1) * p, y0 + h) - y0;
     uint8_t* ink_row = ink + static_cast<int64_t>(py) * t.grid;
     if (t.words == 1) {
       uint64_t acc = 0;
-      for (int32_t r = r0; r < r1; ++r) acc |= g[r];
+      if (r0 == 0 && r1 == t.cell_h) {
+        acc = g[t.cell_h];  // the whole cell: its precomputed OR
+      } else {
+        for (int32_t r = r0; r < r1; ++r) acc |= g[r];
+      }
       acc >>= first;  // bit j: column x + j of the image (first < 64 in a one-word cell)
       if (width < 64) acc &= (uint64_t{1} << width) - 1;
       if (!acc) continue;

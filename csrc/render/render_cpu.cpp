@@ -113,7 +113,7 @@ void for_each_string(const TextBatch& t, Fn&& fn) {
 
 namespace {
 
-// Checks an ink table (int64 [G, cell_h, words], see render/ink.h) against the atlas tables
+// Checks an ink table (int64 [G, cell_h + 1, words], see render/ink.h) against the atlas tables
 // and the patch size; returns the table's view for mark_glyph_ink.
 InkTable check_ink_table(const at::Tensor& ink_rows, int64_t num_glyphs, int64_t cell_h,
                          int64_t cell_w, int64_t image_size, int64_t patch_size) {
@@ -122,10 +122,10 @@ InkTable check_ink_table(const at::Tensor& ink_rows, int64_t num_glyphs, int64_t
   CLIPPO_CHECK_DIM(ink_rows, 3);
   TORCH_CHECK(ink_rows.is_contiguous(), "ink_rows must be contiguous");
   const int64_t words = (cell_w + 63) / 64;
-  TORCH_CHECK(ink_rows.size(0) == num_glyphs && ink_rows.size(1) == cell_h &&
+  TORCH_CHECK(ink_rows.size(0) == num_glyphs && ink_rows.size(1) == cell_h + 1 &&
                   ink_rows.size(2) == words && words <= kMaxInkWords,
-              "ink_rows must have shape [", num_glyphs, ", ", cell_h, ", ", words,
-              "] (glyphs, cell rows, 64-bit words per row), got ", ink_rows.sizes());
+              "ink_rows must have shape [", num_glyphs, ", ", cell_h + 1, ", ", words,
+              "] (glyphs, cell rows + their OR, 64-bit words per row), got ", ink_rows.sizes());
   TORCH_CHECK(patch_size >= 1 && image_size % patch_size == 0, "patch_size ", patch_size,
               " must be positive and divide image_size ", image_size);
   return InkTable{reinterpret_cast<const uint64_t*>(ink_rows.data_ptr<int64_t>()),
@@ -249,8 +249,8 @@ at::Tensor patch_ink_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets
   TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
               image_size);
   CLIPPO_CHECK_DIM(ink_rows, 3);
-  const int64_t num_glyphs = glyph_cols.size(0), cell_h = ink_rows.size(1);
-  TORCH_CHECK(cell_h >= 1, "ink_rows must have at least one row per glyph");
+  const int64_t num_glyphs = glyph_cols.size(0), cell_h = ink_rows.size(1) - 1;
+  TORCH_CHECK(cell_h >= 1, "ink_rows must have at least two rows per glyph (rows, their OR)");
   const InkTable table = check_ink_table(ink_rows, num_glyphs, cell_h, 64 * ink_rows.size(2),
                                          image_size, patch_size);
   const int32_t* cols = glyph_cols.data_ptr<int32_t>();

@@ -201,7 +201,7 @@ static void test_ink_masks_equal_pixel_scan(int32_t cell_h, int32_t cell_w) {
   std::vector<uint8_t> atlas(static_cast<size_t>(G) * cell_h * cell_w, bg);
   std::vector<int32_t> cols(G);
   const int32_t words = (cell_w + 63) / 64;
-  std::vector<uint64_t> ink_rows(static_cast<size_t>(G) * cell_h * words, 0);
+  std::vector<uint64_t> ink_rows(static_cast<size_t>(G) * (cell_h + 1) * words, 0);
   for (int32_t g = 1; g < G; ++g) {  // glyph 0 stays empty
     for (int32_t i = 0; i < cell_h * cell_w; ++i) {
       if (rnd(100) < 12) atlas[g * cell_h * cell_w + i] = static_cast<uint8_t>(rnd(2) ? 0 : 250);
@@ -214,7 +214,8 @@ static void test_ink_masks_equal_pixel_scan(int32_t cell_h, int32_t cell_w) {
     for (int32_t r = 0; r < cell_h; ++r)
       for (int32_t c = 0; c < cell_w; ++c)
         if (atlas[(g * cell_h + r) * cell_w + c] != bg)
-          ink_rows[(g * cell_h + r) * words + c / 64] |= uint64_t{1} << (c % 64);
+          for (const int32_t row : {r, cell_h})  // the row and the rows' OR
+            ink_rows[(g * (cell_h + 1) + row) * words + c / 64] |= uint64_t{1} << (c % 64);
   }
   std::vector<int32_t> cmap(kNumCodePoints, 0);
   for (int32_t g = 0; g < G; ++g) cmap['a' + g] = g;
