@@ -131,9 +131,19 @@ def _prerendered_step(module, optimizer, batch, device, autocast, accum):
     left = batch["images"].to(device, non_blocking=True)
     right = batch["rendered"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    forward_backward(module, module, left, right, accum, autocast)
+    forward_backward(module, module, list(zip(left.chunk(accum), right.chunk(accum))), autocast)
     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
     optimizer.step()
+
+
+def _clippo_step(task, optimizer, batch, device, autocast, accum):
+    """train_step on the batch cut into `accum` micro-batches (the timed batch stays --batch)."""
+    n = len(batch["texts"])
+    bounds = [n * i // accum for i in range(accum + 1)]
+    parts = [{"images": batch["images"][a:b], "texts": batch["texts"][a:b], "skipped": 0}
+             for a, b in zip(bounds, bounds[1:])]
+    return train_step(task, task, optimizer, parts, device=device, grad_clip_norm=1.0,
+                      autocast=autocast)
 
 
 def _loader(dataset, batch, workers, collate):
@@ -177,7 +187,8 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="default: 224 (CPU: 64)")
     p.add_argument("--batch", type=int, default=None, help="default: 1024 on CUDA, 32 on CPU")
     p.add_argument("--accum-freq", type=int, default=1,
-                   help="micro-batches per step (the loss stays over the whole batch)")
+                   help="micro-batches the batch is cut into (the loss stays over the whole "
+                        "batch)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10, CPU 3)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (default: min(16, CPUs) on CUDA, 1 on CPU)")
@@ -232,9 +243,8 @@ def main(argv=None):
                 enable_grad_checkpointing(m)
             if compiled:
                 m.img.compile()
-            step = functools.partial(train_step, task, task, _optimizer(task), device=device,
-                                     accum_freq=args.accum_freq, grad_clip_norm=1.0,
-                                     autocast=autocast)
+            step = functools.partial(_clippo_step, task, _optimizer(task), device=device,
+                                     autocast=autocast, accum=args.accum_freq)
             return step, sample, _loader(strings, batch, workers, collate_strings)
         return make
 

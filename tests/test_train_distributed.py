@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from _procs import finish
 from clippo.train import checkpoint as ck
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,25 +31,26 @@ def test_torchrun_two_processes(tmp_path):
     assert "cpu x2" in done.stderr
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
-    assert all(r["batch_size"] == 8 for r in lines)  # the global batch: 2 ranks x 4
+    assert all(r["batch_size"] == 16 for r in lines)  # the global batch: 4 x accum 2 x 2 ranks
     ckpt = ck.load_checkpoint(tmp_path / "checkpoints" / ck.checkpoint_name(3))
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == len(ckpt["data"]) == 2
     # each rank has its own data stream at the same position
     assert ckpt["rng"][0]["torch"].tolist() != ckpt["rng"][1]["torch"].tolist()
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
-    # step 1's loss is the single-process loss over both ranks' batches together
+    # step 1's loss is the single-process loss over both ranks' accumulated batches together:
+    # the first 16 samples of the global order
     import torch
 
     from clippo.data.builtin import BuiltinImageText
     from clippo.loss import clip_loss
-    from clippo.train.data import ShardedBatchSampler
+    from clippo.train.data import GlobalBatchSampler
     from clippo.train.main import _seed_everything, build_model
     from clippo.train.params import parse_args
     _seed_everything(0)
     model = build_model(parse_args(cmd[cmd.index("clippo.train") + 1:]))
     data = BuiltinImageText("train", num_samples=64, image_size=32, seed=0)
-    items = [data[i] for r in range(2) for i in ShardedBatchSampler(64, 4, r, 2, 0).batch(0)]
+    items = [data[i] for _, i, _ in GlobalBatchSampler(64, 4, seed=0).refs(0, 16)]
     with torch.no_grad():
         zimg = model.encode_image(torch.stack([im for im, _ in items]))
         ztxt = model.encode_text([t for _, t in items])
@@ -56,6 +58,49 @@ def test_torchrun_two_processes(tmp_path):
     assert lines[0]["loss"] == pytest.approx(want, rel=1e-5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [ck.checkpoint_name(2),
                                                             ck.checkpoint_name(3)]
+
+
+def test_accumulation_with_skipped_samples_does_not_hang(tmp_path):
+    """2 processes, --accum-freq 2, batch 4, a CSV with 40% of its images missing: ranks get
+    short and empty micro-batches but run the same collectives, so the run finishes (a hang
+    fails on the timeout), and its skipped counts are the missing images it met."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    rows, missing = ["filepath\ttitle"], set()
+    for i in range(40):
+        if i % 5 in (1, 3):  # 40% of the rows name a file that is not there
+            missing.add(i)
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(np.full((36, 36, 3), (6 * i, 90, 200 - 4 * i), np.uint8)).save(
+                buf, format="PNG")
+            (tmp_path / f"{i}.png").write_bytes(buf.getvalue())
+        rows.append(f"{i}.png\tcolour number {i}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "clippo.train", "--train-data", str(tmp_path / "train.csv"),
+           "--model", "mu/8", "--image-size", "32", "--out-dim", "16", "--batch-size", "4",
+           "--accum-freq", "2", "--steps", "6", "--log-every", "1", "--save-every", "0",
+           "--workers", "0", "--no-progress", "--device", "cpu", "--seed", "1",
+           "--output", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    code, err = finish(proc, timeout=180)  # kills torchrun and its workers on a timeout
+    assert code is not None, "the 2-process run with --accum-freq 2 and skipped samples hung"
+    assert code == 0, err[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from clippo.train.data import GlobalBatchSampler
+    sampler = GlobalBatchSampler(40, 16, world_size=2, accum_freq=2, seed=1)
+    want = [sum(i in missing for _, i, _ in sampler.refs(16 * k, 16)) for k in range(6)]
+    assert [r["skipped"] for r in lines] == want
+    micro = [[sum(i not in missing for _, i, _ in sampler.refs(16 * k + 4 * m, 4))
+              for m in range(4)] for k in range(6)]
+    assert any(0 in m for m in micro)  # some rank met an empty micro-batch
+    assert [r["batch_size"] for r in lines] == [16 - w for w in want]  # rows in the loss
 
 
 def _rank_pid(parent, rank):

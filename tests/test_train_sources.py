@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from clippo.train import checkpoint as ck
-from clippo.train.data import ShardedBatchSampler
+from clippo.train.data import GlobalBatchSampler
 from clippo.train import main, parse_args, run
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
@@ -53,12 +53,15 @@ def test_csv_with_skipped_rows(tmp_path):
     summary = run(parse_args(TINY + ["--train-data", str(tmp_path / "train.csv"),
                                      "--epochs", "2", "--output", str(out)]))
     lines = _metrics(out)
-    # 14 rows, batch 8: one step per epoch; the batches run on into the next epoch
-    assert summary["steps"] == 2 and len(lines) == 2
-    sampler = ShardedBatchSampler(14, 8, seed=0)
-    bad = [sum(i >= 12 for i in sampler.batch(k)) for k in range(2)]  # rows 12, 13: broken
-    assert [r["skipped"] for r in lines] == bad
-    assert [r["batch_size"] for r in lines] == [8 - b for b in bad]
+    # 14 rows, batch 8: 2 epochs are 28 samples, 4 steps; the batches run on into the next
+    # epoch
+    assert summary["steps"] == 4 and len(lines) == 4
+    sampler = GlobalBatchSampler(14, 8, seed=0)
+    bad = [sum(i >= 12 for _, i, _ in sampler.micro_batch(8 * k, 0))  # rows 12, 13: broken
+           for k in range(4)]
+    assert [r["skipped"] for r in lines] == bad and sum(bad) == 4  # each bad row twice
+    assert [r["batch_size"] for r in lines] == [8 - b for b in bad]  # the samples in the loss
+    assert [r["epoch"] for r in lines] == [0, 1, 1, 2]  # samples 8, 16, 24, 32 of 14 each
 
 
 def test_malformed_csv_names_file_and_line(tmp_path, capsys):
@@ -79,12 +82,15 @@ def test_webdataset_shards(tmp_path):
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
     out = tmp_path / "run"
+    # streamed (remote) shards need the epoch length; local shards are indexed
+    remote = f"pipe:cat {tmp_path / 'shard-000000.tar'}"
+    assert main(TINY + ["--train-data", remote, "--steps", "2", "--output",
+                        str(tmp_path / "remote")]) == 1
     args = TINY + ["--train-data", str(tmp_path / "shard-{000000..000001}.tar"),
                    "--output", str(out)]
-    assert main(args + ["--steps", "2"]) == 1  # the epoch length must be given
-    summary = run(parse_args(args + ["--train-num-samples", "16", "--epochs", "2"]))
-    assert summary["steps"] == 4
-    assert [r["epoch"] for r in _metrics(out)] == [0, 0, 1, 1]
+    summary = run(parse_args(args + ["--epochs", "2"]))
+    assert summary["steps"] == 5  # 2 x 20 samples in steps of 8
+    assert [r["epoch"] for r in _metrics(out)] == [0, 0, 1, 1, 1]
 
 
 def test_text_pairs_join_the_batch_and_resume_exactly(tmp_path):

@@ -7,8 +7,7 @@ import torch
 
 import clippo
 from clippo.loss import create_loss
-from clippo.train.step import (ContrastiveTask, forward_backward, micro_batch_sizes,
-                               render_sides, train_step)
+from clippo.train.step import ContrastiveTask, forward_backward, render_sides, train_step
 
 TEXTS = ["a red circle", "ein Kreis in Blau", "круг зелёного цвета", "左边的红色圆形",
          "a star at the top", "a white ring", "ein Stern", "a black cross on the left"]
@@ -30,21 +29,26 @@ def _batch(n=8, seed=0):
             "texts": TEXTS[:n], "skipped": 0}
 
 
-def test_micro_batch_sizes():
-    assert micro_batch_sizes(8, 2) == [4, 4]
-    assert micro_batch_sizes(7, 3) == [3, 2, 2]
-    assert micro_batch_sizes(2, 4) == [1, 1]
+def _full_batch_grads(task, left, right):
+    """The float64 reference: the loss over the whole batch in one piece, autograd."""
+    task.zero_grad(set_to_none=True)
+    loss = task(left, right)
+    loss.backward()
+    grads = _grads(task)
+    task.zero_grad(set_to_none=True)
+    return loss.detach(), grads
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("accum", [2, 3])
-def test_accumulation_gives_the_whole_batch_gradient(loss, accum):
+@pytest.mark.parametrize("sizes", [[4, 4], [3, 3, 2], [0, 5, 3], [2, 0, 0, 6]])
+def test_accumulation_gives_the_whole_batch_gradient(loss, sizes):
+    """k micro-batches (empty ones included): the loss and every gradient equal the float64
+    full-batch loss's."""
     task = _task(loss)
     left, right = render_sides(task, _batch(), "cpu")
-    ref = forward_backward(task, task, left, right, accum_freq=1)
-    want = _grads(task)
-    task.zero_grad(set_to_none=True)
-    got_loss = forward_backward(task, task, left, right, accum_freq=accum)
+    ref, want = _full_batch_grads(task, left, right)
+    micro = list(zip(left.split(sizes), right.split(sizes)))
+    got_loss = forward_backward(task, task, micro)
     got = _grads(task)
     assert set(got) == set(want)
     assert "model.t" in got and (loss == "softmax" or "loss.logit_bias" in got)
@@ -53,6 +57,26 @@ def test_accumulation_gives_the_whole_batch_gradient(loss, accum):
         torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12,
                                    msg=lambda m, n=name: f"{n}: {m}")
     assert max(g.abs().max().item() for g in want.values()) > 1e-3  # gradients are not ~0
+
+
+def test_train_step_takes_every_micro_batch():
+    """A step of k micro-batches of the per-rank batch size updates with the gradient of the
+    loss over all k x batch-size pairs (OpenCLIP's --accum-freq), not over one batch split."""
+    task = _task()
+    ref_task = _task()
+    micro = [_batch(4, seed=1), _batch(4, seed=2)]
+    micro[1]["texts"] = TEXTS[4:8]
+    whole = {"images": torch.cat([m["images"] for m in micro]),
+             "texts": micro[0]["texts"] + micro[1]["texts"], "skipped": 0}
+    left, right = render_sides(ref_task, whole, "cpu")
+    ref, want = _full_batch_grads(ref_task, left, right)
+    opt = torch.optim.SGD(task.parameters(), lr=0.0)
+    out = train_step(task, task, opt, micro, device=torch.device("cpu"))
+    assert out["n"] == 8
+    assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-12)
+    for name, g in want.items():
+        torch.testing.assert_close(dict(task.named_parameters())[name].grad, g, rtol=1e-9,
+                                   atol=1e-12)
 
 
 def test_render_happens_in_the_step_on_the_model_renderer():

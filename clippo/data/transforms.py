@@ -10,6 +10,8 @@ Errors: `load_image` raises `ImageDecodeError` (naming the source) for anything 
 decode and FileNotFoundError for a missing file; `try_load_image` turns both into None, which
 the datasets return as "skip this sample" and the collate counts.
 """
+import contextlib
+import contextvars
 import io
 import logging
 import math
@@ -20,9 +22,31 @@ import numpy as np
 import torch
 
 __all__ = ["ImageDecodeError", "load_image", "try_load_image", "ImageTransform",
-           "image_to_tensor", "load_and_transform", "opened_to_rgb"]
+           "image_to_tensor", "load_and_transform", "opened_to_rgb", "sample_rng",
+           "current_sample_rng"]
 
 log = logging.getLogger("clippo.data")
+
+
+# The generator of the sample being loaded (see sample_rng): augmentations draw from it, so
+# that their choices are a function of the sample, not of the worker or the order of loading.
+_SAMPLE_RNG = contextvars.ContextVar("clippo_sample_rng", default=None)
+
+
+@contextlib.contextmanager
+def sample_rng(*key):
+    """Within the block, random augmentations draw from numpy's generator seeded by `key`
+    (the trainer passes (seed, source, epoch, sample index))."""
+    token = _SAMPLE_RNG.set(np.random.default_rng([int(k) for k in key]))
+    try:
+        yield
+    finally:
+        _SAMPLE_RNG.reset(token)
+
+
+def current_sample_rng():
+    """The generator set by sample_rng, or None outside one."""
+    return _SAMPLE_RNG.get()
 
 
 class ImageDecodeError(ValueError):
@@ -101,7 +125,8 @@ class ImageTransform:
     antialiases when shrinking). With random_resized_crop: a crop covering `scale` of the area
     with aspect ratio in `ratio` (log-uniform), resized to S x S; 10 tries, then a centre crop
     (OpenCLIP's train transform, with CLIPPO-sized defaults scale=(0.9, 1.0)). The crop draws
-    from torch's global generator, which DataLoader seeds differently in every worker.
+    from the sample's generator inside `sample_rng(...)` (the trainer's loaders: a function of
+    seed, epoch and sample index), else from torch's global generator.
     """
 
     def __init__(self, image_size, *, random_resized_crop=False, scale=(0.9, 1.0),
@@ -134,14 +159,21 @@ class ImageTransform:
         """(left, top, right, bottom) of a random-resized crop of a width x height image."""
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        rng = current_sample_rng()
+        if rng is not None:
+            uniform = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+            randint = lambda hi: int(rng.integers(0, hi))  # noqa: E731
+        else:
+            uniform = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi))  # noqa: E731
+            randint = lambda hi: int(torch.randint(0, hi, ()))  # noqa: E731
         for _ in range(10):
-            target = area * float(torch.empty(()).uniform_(*self.scale))
-            aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio)))
+            target = area * uniform(*self.scale)
+            aspect = math.exp(uniform(*log_ratio))
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                left = int(torch.randint(0, width - w + 1, ()))
-                top = int(torch.randint(0, height - h + 1, ()))
+                left = randint(width - w + 1)
+                top = randint(height - h + 1)
                 return left, top, left + w, top + h
         # centre crop at the nearest allowed aspect ratio
         in_ratio = width / height

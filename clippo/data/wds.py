@@ -27,6 +27,11 @@ batch_size=None)); batches are formed before the skipped samples are dropped, so
 batch_size minus its "skipped" samples. Without it, it yields samples for the DataLoader to
 batch with collate_image_text.
 
+Local shards are also readable as a map-style dataset (`IndexedShards`): the tar headers are
+read once to index the samples (shard, member offsets), and item i is read by seeking. The
+trainer uses it for local shards, so their samples take part in its global sample order (exact
+resume with any number of workers or processes); remote shards (pipe:, http, s3) stream.
+
 Resume (torchdata's StatefulDataLoader): the per-reader iterator is Stateful; its state is
 (epoch, samples taken from the shuffled stream). Loading it rebuilds the same shuffled stream
 and skips that many samples without decoding them, so resuming is exact as long as the shard
@@ -41,10 +46,11 @@ import random
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from clippo.data.collate import collate_image_text
-from clippo.data.transforms import ImageTransform, load_and_transform
+from clippo.data.collate import Skipped, collate_image_text
+from clippo.data.transforms import ImageTransform, load_and_transform, sample_rng
 
-__all__ = ["WebImageTextDataset", "expand_shard_urls", "decode_sample", "IMAGE_KEYS"]
+__all__ = ["WebImageTextDataset", "IndexedShards", "expand_shard_urls", "decode_sample",
+           "all_local", "IMAGE_KEYS"]
 
 log = logging.getLogger("clippo.data")
 
@@ -63,6 +69,12 @@ def _webdataset():
 
 def _is_local(url):
     return "://" not in url and not url.startswith("pipe:")
+
+
+def all_local(urls):
+    """True when every shard of the pattern(s) is a local file path."""
+    patterns = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    return all(_is_local(os.fspath(p)) for p in patterns)
 
 
 def expand_shard_urls(urls):
@@ -259,7 +271,9 @@ class WebImageTextDataset(IterableDataset):
                 sample = next(raw, _END)
                 if sample is _END:
                     break
-                items.append(decode_sample(sample, self.transform))
+                # random augmentations: a function of (seed, epoch, reader, sample number)
+                with sample_rng(self.seed, state.epoch, reader, state.samples):
+                    items.append(decode_sample(sample, self.transform))
                 state.samples += 1
             if not items:
                 return
@@ -324,3 +338,84 @@ class _ReaderIterator:
         if self._items is None:
             self._items = self.dataset._items(self)
         return next(self._items)
+
+
+def _split_member_name(name):
+    """(sample key, extension) as webdataset splits a member name: the extension starts at the
+    first dot of the base name."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot:
+        return None, None
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def index_shard(path):
+    """[(key, {ext: (offset, size)})] of a local tar shard, in file order. Members after the
+    first unreadable header, or whose data runs past the end of the file, are left out with a
+    warning (their samples cannot be read)."""
+    import tarfile
+    samples, size = [], os.path.getsize(path)
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_member_name(member.name)
+                if key is None or key.startswith("__") or os.path.basename(key).startswith("."):
+                    continue
+                if member.offset_data + member.size > size:
+                    log.warning("WebDataset: %s is truncated at %s; the rest is skipped",
+                                path, member.name)
+                    break
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        log.warning("WebDataset: %s cannot be read past %d samples (%s: %s); the rest is "
+                    "skipped", path, len(samples), type(e).__name__, e)
+    return samples
+
+
+class IndexedShards:
+    """Map-style dataset over local WebDataset shards: item i -> (uint8 image [3, S, S],
+    caption) or a Skipped naming the sample (shard:key), as decode_sample's None. The index (every shard's tar headers) is read
+    at construction; a shard that cannot be opened is indexed up to where it breaks, with a
+    warning."""
+
+    def __init__(self, urls, image_size=224, *, transform=None):
+        self.urls = expand_shard_urls(urls)
+        if not all(_is_local(u) for u in self.urls):
+            raise ValueError("IndexedShards reads local shards only")
+        self.transform = transform if transform is not None else ImageTransform(image_size)
+        self._shard, self._members = [], []
+        for s, url in enumerate(self.urls):
+            for key, members in index_shard(url):
+                self._shard.append(s)
+                self._members.append((key, members))
+        indexed = set(self._shard)
+        self.unreadable = [u for s, u in enumerate(self.urls) if s not in indexed]
+
+    def __len__(self):
+        return len(self._members)
+
+    def raw(self, i):
+        """Item i's undecoded sample dict ({ext: bytes}, "__key__", "__url__")."""
+        key, members = self._members[i]
+        url = self.urls[self._shard[i]]
+        sample = {"__key__": key, "__url__": url}
+        with open(url, "rb") as f:
+            for ext, (offset, size) in members.items():
+                f.seek(offset)
+                sample[ext] = f.read(size)
+        return sample
+
+    def __getitem__(self, i):
+        name = f"{self.urls[self._shard[i]]}:{self._members[i][0]}"
+        try:
+            sample = self.raw(i)
+        except OSError as e:
+            log.debug("WebDataset: cannot read sample %s: %s", name, e)
+            return Skipped(name)
+        item = decode_sample(sample, self.transform)
+        return Skipped(name) if item is None else item

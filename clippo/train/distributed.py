@@ -3,9 +3,16 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a plain `python -m clippo.train` is one p
 
 Backends: nccl when the ranks train on CUDA devices, gloo on the CPU (--dist-backend
 overrides). Each rank on CUDA takes cuda:LOCAL_RANK.
+
+Restarts (torchrun --max-restarts): torchrun shares its rendezvous store with the workers and
+keeps it across restarts, but torch's env:// set-up does not separate the attempts' keys, so
+a restarted group reads the previous attempt's addresses and gloo fails to connect
+("connectFullMesh failed ... Connection refused"). The process group is therefore set up on
+that store under a prefix naming the attempt (TORCHELASTIC_RESTART_COUNT).
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,6 +25,8 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this module initialised the process group (and ends it)
+    # a gloo group for collectives on host values (None: the default group is gloo)
+    cpu_group: object = None
 
     @property
     def distributed(self):
@@ -68,9 +77,26 @@ def init_distributed(device=None, backend=None):
             raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         backend = backend or ("nccl" if want.type == "cuda" else "gloo")
         kw = {"device_id": want} if want.type == "cuda" else {}
+        store = _attempt_store(world)
+        if store is not None:
+            kw.update(store=store, rank=rank, world_size=world)
         dist.init_process_group(backend=backend, **kw)
+    cpu_group = None
+    if world > 1 and dist.get_backend() != "gloo":
+        cpu_group = dist.new_group(backend="gloo")  # host counts without a device sync
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=want,
-                   owns_group=owns)
+                   owns_group=owns, cpu_group=cpu_group)
+
+
+def _attempt_store(world_size, timeout=timedelta(minutes=30)):
+    """torchrun's shared store with keys prefixed by the restart attempt, or None when the
+    workers do not use the agent's store (a plain env:// set-up is right then)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 29500),
+                          world_size, is_master=False, timeout=timeout)
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    return dist.PrefixStore(f"clippo/attempt_{attempt}/", store)
 
 
 def cleanup(env):
@@ -98,6 +124,15 @@ def broadcast_object(obj, env, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_reduce_host_sum(value, env):
+    """An integer summed over ranks on the host (gloo): no wait for the device."""
+    if not env.distributed:
+        return int(value)
+    box = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(box, group=env.cpu_group)
+    return int(box.item())
 
 
 def all_reduce_sum(tensor, env):

@@ -64,7 +64,7 @@ from clippo.train.data import check_sources, get_data, steps_for_epochs
 from clippo.train.nonfinite import nonfinite_tensors
 from clippo.train.params import SKIP_CHECK_SAMPLES, changed_flags, parse_args, run_config
 from clippo.train.scheduler import Schedule
-from clippo.train.step import ContrastiveTask, train_step
+from clippo.train.step import ContrastiveTask, count_rows, train_step
 from clippo.train.stop import StopRequested, StopSignals
 
 COLLAPSE_TOLERANCE = 1e-3  # |loss - log(batch)| below this: every embedding the same
@@ -262,14 +262,51 @@ def _resolve_resume(args, ckpt_dir, env):
         raise TrainError(f"--resume: {e}") from None
 
 
+def global_batch(batch_size, accum_freq, world_size):
+    """Samples per optimizer step over all ranks (OpenCLIP's effective batch)."""
+    return batch_size * accum_freq * world_size
+
+
+def check_world_size_change(ckpt, args, env):
+    """None when the checkpoint was written with this run's processes, --batch-size and
+    --accum-freq; else the message to log for a resume that splits the same global batch
+    (per-process --batch-size x --accum-freq x processes) otherwise; TrainError for another
+    global batch."""
+    old_world = int(ckpt["world_size"])
+    old = ckpt["args"]
+    before = global_batch(old["batch_size"], old.get("accum_freq", 1), old_world)
+    now = global_batch(args.batch_size, args.accum_freq, env.world_size)
+    if before != now:
+        how = [f"--batch-size {before // (args.accum_freq * env.world_size)}"
+               if before % (args.accum_freq * env.world_size) == 0 else None,
+               f"--accum-freq {before // (args.batch_size * env.world_size)}"
+               if before % (args.batch_size * env.world_size) == 0 else None]
+        how = [h for h in how if h]
+        hint = (f" (keep it with {' or '.join(how)})" if how else
+                f" (no per-rank --batch-size x --accum-freq gives {before} on "
+                f"{env.world_size} processes)")
+        raise TrainError(
+            f"the checkpoint's global batch is {before} ({old['batch_size']} per rank x "
+            f"accum {old.get('accum_freq', 1)} x {old_world} processes); this run's is {now} "
+            f"({args.batch_size} x {args.accum_freq} x {env.world_size}): a resume must keep "
+            f"the global batch{hint}")
+    split = (old["batch_size"], old.get("accum_freq", 1), old_world)
+    if split == (args.batch_size, args.accum_freq, env.world_size):
+        return None
+    return (f"clippo train: resuming a checkpoint of {split[0]} per process x accum {split[1]} "
+            f"x {old_world} processes as {args.batch_size} x {args.accum_freq} x "
+            f"{env.world_size}, the same global batch ({now}): the steps take the same "
+            f"samples and the optimizer and schedule continue, but the run is no longer "
+            f"bit-exact with an uninterrupted one")
+
+
 def _check_resume_compatible(ckpt, args, env, model):
-    if ckpt["world_size"] != env.world_size:
-        raise TrainError(f"the checkpoint was written by {ckpt['world_size']} processes; resume "
-                         f"it with the same number (this run has {env.world_size})")
     if ckpt["model_config"] != model.config:
         raise TrainError("the checkpoint's model differs from --model and its overrides: "
                          f"checkpoint {ckpt['model_config']}, flags {model.config}")
-    changes = changed_flags(ckpt["args"], args, ckpt["world_size"], env.world_size)
+    # the batch flags may change when the global batch stays (check_world_size_change)
+    changes = changed_flags(ckpt["args"], args, ckpt["world_size"], env.world_size,
+                            keep_global_batch=True)
     if not changes:
         return
     listed = ", ".join(f"--{flag.replace('_', '-')} {old!r} -> {new!r}"
@@ -348,10 +385,16 @@ class Trainer:
         self.loss_fn = create_loss(args.loss)
         self.task = ContrastiveTask(self.model, self.loss_fn).to(self.device)
         self.optimizer = build_optimizer(args, self.task)
+        self.world_change = None
         if ckpt is not None:
             if ckpt.get("sharded") and not args.fsdp:
                 raise TrainError(f"{self.resume_path} is a sharded --fsdp checkpoint: resume "
                                  f"it with --fsdp")
+            try:
+                self.world_change = check_world_size_change(ckpt, args, env)
+            except TrainError:  # another global batch: listed by the flag guard below
+                if not args.resume_allow_changes:
+                    raise
             _check_resume_compatible(ckpt, args, env, self.model)
             if ckpt.get("task") is not None:  # a sharded one is loaded once sharded
                 self.task.load_state_dict(ckpt["task"])
@@ -405,14 +448,20 @@ class Trainer:
         self.interval_steps = 0
         if ckpt is not None:
             self.step = int(ckpt["step"])
-            self.data.load_state_dict(ckpt["data"][env.rank])
+            # the global data position is the same in every rank's state; streamed shards'
+            # states refuse another world size themselves
+            try:
+                self.data.load_state_dict(ckpt["data"][min(env.rank, len(ckpt["data"]) - 1)],
+                                          strict=not args.resume_allow_changes)
+            except ValueError as e:
+                raise TrainError(f"--resume: {e}") from None
             self.watchdog.update(ckpt["watchdog"])
             saved = ckpt["log_interval"]["stats"]
             self.stats[:len(saved)].copy_(saved)
             self.interval_steps = int(ckpt["log_interval"]["steps"])
         self.last_checkpoint = self.resume_path
-        self.batches = iter(self.data)  # starts the workers (and draws their base seed)
-        if ckpt is not None:
+        self.batches = iter(self.data)
+        if ckpt is not None and len(ckpt["rng"]) == env.world_size:
             ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
         else:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
@@ -456,7 +505,7 @@ class Trainer:
 
     def _warn_batch_larger_than_data(self):
         n = self.data.num_samples
-        batch = self.data.image_batch * self.env.world_size
+        batch = self.data.images_per_step  # one loss over the whole accumulated batch
         if n and batch > n:
             self.log(f"WARNING: the global batch of image-text pairs ({batch}) is larger than "
                      f"the dataset ({n} samples): batches repeat samples, and a repeated pair "
@@ -526,7 +575,7 @@ class Trainer:
             return None
         payload = {
             "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "step": self.step,
-            "epoch": self.data.epoch(self.step), "world_size": self.env.world_size,
+            "epoch": self.data.epoch(), "world_size": self.env.world_size,
             "task": task_state, "optimizer": optimizer_state, "sharded": sharded,
             "scheduler": {"step": self.step, **self.schedule.state_dict()},
             "model_config": self.model.config, "args": vars(self.args),
@@ -546,31 +595,30 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def _step(self, batch):
-        """One update (none for a batch whose every sample was skipped, or whose gradient is
-        NaN/Inf) -> the step's statistics on the device, summed over ranks (indices LOSS ...
-        STOP): the loss (the ranks' mean; 0 when the step is not counted), rows and skipped
-        samples, whether the loss counts (the step had rows and all is finite), whether it
-        was non-finite, and whether a rank was asked to stop."""
+    def _step(self, batches):
+        """One update from the step's accum_freq micro-batches (none when every rank's were
+        all skipped, as the row count summed over ranks says, or when the gradient is NaN/Inf)
+        -> the step's statistics on the device, summed over ranks (indices LOSS ... STOP): the
+        loss (the ranks' mean; 0 when the step is not counted), rows and skipped samples,
+        whether the loss counts (the step had rows and all is finite), whether it was
+        non-finite, and whether a rank was asked to stop."""
         args, env = self.args, self.env
         local = torch.zeros(STOP + 1, dtype=torch.float64, device=self.device)
-        local[SKIPPED].fill_(int(batch.get("skipped", 0)))
+        local[SKIPPED].fill_(sum(int(b.get("skipped", 0)) for b in batches))
         if self.stop_signals.signum is not None:
             local[STOP].fill_(1)
-        if batch.get("skipped_names") and len(self.skip_names) < SKIP_NAMES_SHOWN:
-            self.skip_names += list(batch["skipped_names"])[:SKIP_NAMES_SHOWN
-                                                            - len(self.skip_names)]
-        rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
+        for batch in batches:
+            if batch.get("skipped_names") and len(self.skip_names) < SKIP_NAMES_SHOWN:
+                self.skip_names += list(batch["skipped_names"])[:SKIP_NAMES_SHOWN
+                                                                - len(self.skip_names)]
         out = None
-        if rows or env.distributed:
-            try:
-                out = train_step(self.module, self.task, self.optimizer, batch,
-                                 device=self.device, accum_freq=args.accum_freq,
-                                 grad_clip_norm=args.grad_clip_norm, autocast=self.autocast)
-            except ValueError as e:  # every rank's batch empty: each rank's loss says so
-                if "at least one pair" not in str(e):
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
+        # the rows of every rank, summed on the host: every rank takes the same branch
+        if dist_lib.all_reduce_host_sum(count_rows(batches), env) > 0:
+            out = train_step(self.module, self.task, self.optimizer, batches,
+                             device=self.device, grad_clip_norm=args.grad_clip_norm,
+                             autocast=self.autocast)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         if out is not None:
             local[LOSS].copy_(out["loss"])
             local[ROWS].fill_(out["n"])
@@ -656,10 +704,10 @@ class Trainer:
         loss = loss_sum / counted if counted else None
         grad_norm = float(self.grad_norm.item()) if self.grad_norm is not None else None
         record = {
-            "step": self.step, "epoch": self.data.epoch(self.step - 1), "loss": loss, "lr": lr,
+            "step": self.step, "epoch": self.data.epoch(), "loss": loss, "lr": lr,
             "samples_per_s": rows / elapsed if elapsed > 0 else None,
             "skipped": int(skipped), "nonfinite_steps": int(nonfinite),
-            "batch_size": int(rows / n),
+            "batch_size": int(rows / n),  # the samples in the loss per step, over all ranks
             "logit_scale": float(fsdp_lib.full_value(self.model.t.detach()).exp()[0]),
             "grad_norm": grad_norm if grad_norm is not None and math.isfinite(grad_norm) else None,
             "data_time": data_time / n, "step_time": elapsed / n,
@@ -706,8 +754,12 @@ class Trainer:
                  f"patch {cfg['patch_size']}, {self.image_size} px), "
                  f"{self.model.num_params():,} parameters, on {self.device} x{env.world_size} "
                  f"({self.precision}); data: {self.data.describe}; global batch "
-                 f"{args.batch_size * env.world_size}; steps {self.step} -> {self.total_steps}"
+                 f"{self.data.global_batch} ({args.batch_size} per process x accum "
+                 f"{args.accum_freq} x {env.world_size}); steps {self.step} -> "
+                 f"{self.total_steps}"
                  + (f"; resumed from {self.resume_path}" if self.resume_path else ""))
+        if self.world_change:
+            self.log(self.world_change)
         from tqdm import tqdm
         self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
                         dynamic_ncols=True, disable=args.no_progress or not env.is_master)
@@ -731,9 +783,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            batch = next(self.batches)
+            batches = [next(self.batches) for _ in range(args.accum_freq)]
             data_time += time.perf_counter() - t0
-            step_stats = self._step(batch)
+            step_stats = self._step(batches)
             self.stats += step_stats[:STOP]
             self._watch_nonfinite(step_stats)
             if args.loss == "softmax":

@@ -122,8 +122,8 @@ def build_parser():
                    "('dir/{000000..000099}.tar'), or 'builtin' (synthetic scenes)")
     g.add_argument("--dataset-type", choices=DATASET_TYPES, default="auto")
     g.add_argument("--train-num-samples", type=_positive_int,
-                   help="samples per epoch (WebDataset: needed for --epochs; builtin: the "
-                        "dataset's size, default 10000)")
+                   help="samples per epoch (remote or resampled WebDataset shards: needed; local shards "
+                        "are counted; builtin: the dataset's size, default 10000)")
     g.add_argument("--dataset-resampled", action="store_true",
                    help="WebDataset: each reader draws shards with replacement (seeded by seed, "
                         "epoch and reader: resuming stays exact)")
@@ -172,10 +172,12 @@ def build_parser():
                    help="softmax (CLIPPO's) or sigmoid (SigLIP's, with a learned bias)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_positive_int, default=64, help="per process")
+    g.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="samples per process and micro-batch")
     g.add_argument("--accum-freq", type=_positive_int, default=1,
-                   help="split each batch into this many micro-batches (the loss stays over "
-                        "the whole batch, as open_clip's --accum-freq)")
+                   help="micro-batches per optimizer step, as OpenCLIP's: each step takes "
+                        "batch-size x accum-freq x processes samples and its loss is over all "
+                        "of them (embeddings of the other micro-batches cached)")
     steps = g.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=_positive_int, help="optimizer steps to train")
     steps.add_argument("--epochs", type=_positive_float,

@@ -10,12 +10,18 @@ the device (the model's renderer, no gradient) and forms the two sides of the lo
 so image-text and sentence pairs share one softmax over the combined batch (the paper's
 "+25% C4"). Both sides go through the one tower in a single encode call.
 
-Gradient accumulation (accum_freq k > 1) follows open_clip: the embeddings of all k
-micro-batches are computed without gradient, then each micro-batch is encoded again with
-gradient and its embeddings replace its slots among the cached ones, so each backward pass is
-of the loss over the whole batch. Summed over the micro-batches this is the whole batch's
-gradient for the tower; the temperature (and the sigmoid loss's bias), which enter every one
-of the k losses directly, are divided by k afterwards.
+Gradient accumulation (--accum-freq k, as OpenCLIP): a step takes k micro-batches of the
+per-rank batch size, so the loss is over batch_size x k x world_size pairs. The embeddings of
+all k micro-batches are computed without gradient first; then each micro-batch is encoded
+again with gradient and its embeddings replace its slots among the cached ones, so each
+backward pass is of the loss over the whole accumulated batch. Summed over the micro-batches
+this is the whole batch's gradient for the tower; the temperature (and the sigmoid loss's
+bias), which enter every one of the k losses directly, are divided by k afterwards.
+
+Every rank runs the same collectives in the same order whatever its data: the row counts of
+all micro-batches are all-reduced first (a step whose every rank is empty is skipped by all
+ranks together), then each rank runs all k micro-batches, empty ones included (the tower takes
+a batch of 0 rows, and the loss gathers variable-size embeddings by their sizes first).
 """
 import contextlib
 
@@ -78,52 +84,55 @@ def render_sides(task, batch, device):
     return left, right
 
 
-def micro_batch_sizes(n, parts):
-    """n split into `parts` near-equal sizes (larger first); zero-sized parts dropped."""
-    base, extra = divmod(n, parts)
-    return [base + (i < extra) for i in range(parts) if base + (i < extra) > 0]
-
-
-def forward_backward(module, task, left, right, accum_freq=1, autocast=None):
-    """Gradients of the batch's loss into the parameters' .grad (added to what is there).
+def forward_backward(module, task, micro_batches, autocast=None):
+    """Gradients of the loss over all micro-batches into the parameters' .grad (added to what
+    is there). micro_batches: [(left, right)] uint8 image batches, any of them empty.
 
     module: `task` or its DDP wrapper. Returns the loss (detached).
     """
     autocast = autocast or contextlib.nullcontext
-    n = left.shape[0]
-    sizes = micro_batch_sizes(n, accum_freq)
-    if len(sizes) <= 1:
+    k = len(micro_batches)
+    if k == 1:
         with autocast():
-            loss = module(left, right)
+            loss = module(*micro_batches[0])
         loss.backward()
         return loss.detach()
-    lefts, rights = left.split(sizes), right.split(sizes)
     with torch.no_grad(), autocast():
-        cached = [module(l, r, encode_only=True) for l, r in zip(lefts, rights)]
+        cached = [task.encode(l, r) for l, r in micro_batches]
     cached = ([z[0] for z in cached], [z[1] for z in cached])
     no_sync = getattr(module, "no_sync", None)
-    for j, (l, r) in enumerate(zip(lefts, rights)):
-        last = j == len(sizes) - 1
+    for j, (l, r) in enumerate(micro_batches):
+        last = j == k - 1
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
                 loss = module(l, r, cached=cached, index=j)
             loss.backward()
-    k = len(sizes)
     for p in task.scale_parameters():
         if p.grad is not None:
             p.grad.div_(k)
     return loss.detach()
 
 
-def train_step(module, task, optimizer, batch, *, device, accum_freq=1, grad_clip_norm=None,
+def count_rows(batches):
+    """Rows that the micro-batches put into the loss (photos and text pairs)."""
+    return sum(b["images"].shape[0] + len(b.get("texts_a") or []) for b in batches)
+
+
+def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
                autocast=None):
-    """One update (none when the gradient norm is NaN/Inf). Returns
-    {loss, n (rows in the loss), grad_norm, finite (whether the update was made)}, tensors on
-    the device."""
-    left, right = render_sides(task, batch, device)
+    """One update from a list of micro-batches (the accum_freq batches of one step); none
+    when the gradient norm is NaN/Inf.
+
+    Returns {loss, n (rows in the loss on this rank), grad_norm, finite (whether the update
+    was made)}, tensors on the device. The caller has made sure that some rank holds a row
+    (count_rows summed over ranks).
+    """
+    if isinstance(batches, dict):
+        batches = [batches]
+    sides = [render_sides(task, b, device) for b in batches]
     optimizer.zero_grad(set_to_none=True)
-    loss = forward_backward(module, task, left, right, accum_freq, autocast)
+    loss = forward_backward(module, task, sides, autocast)
     params = [p for p in task.parameters() if p.grad is not None]
     if grad_clip_norm:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
@@ -133,4 +142,5 @@ def train_step(module, task, optimizer, batch, *, device, accum_freq=1, grad_cli
     # norm is of the all-reduced gradient, so every rank decides alike)
     finite = torch.isfinite(grad_norm)
     guarded_step(optimizer, finite)
-    return {"loss": loss, "n": left.shape[0], "grad_norm": grad_norm.detach(), "finite": finite}
+    return {"loss": loss, "n": sum(left.shape[0] for left, _ in sides),
+            "grad_norm": grad_norm.detach(), "finite": finite}
