@@ -98,7 +98,7 @@ def forward_backward(module, task, micro_batches, autocast=None):
         loss.backward()
         return loss.detach()
     with torch.no_grad(), autocast():
-        cached = [task.encode(l, r) for l, r in micro_batches]
+        cached = [module(l, r, encode_only=True) for l, r in micro_batches]
     cached = ([z[0] for z in cached], [z[1] for z in cached])
     no_sync = getattr(module, "no_sync", None)
     for j, (l, r) in enumerate(micro_batches):
