@@ -236,6 +236,9 @@ def main(argv=None):
     p.add_argument("--text-tokens", default=None,
                    help="comma-separated text_tokens settings to time clippo's step with, in "
                         "turns (all, ink); the other providers are left out then")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); on a CPU shared with other "
+                        "jobs one thread avoids OpenMP threads waiting on descheduled peers")
     p.add_argument("--recipe", choices=["demo"], default=None,
                    help="demo: clippo demo's model, image size, batch and built-in captions")
     p.add_argument("--out", default=None, help=f"folder for train.json (default {DEFAULT_OUT})")
@@ -243,6 +246,8 @@ def main(argv=None):
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     text_tokens = _text_tokens(args.text_tokens)
     captions = coco_caption if text_tokens else caption
     recipe_sizes = {}
@@ -414,7 +419,8 @@ def main(argv=None):
         accum_freq=args.accum_freq, gflops_per_forward=fwd / 1e9,
         train_gflops_per_sample=train_flops_per_sample / 1e9, peak_tflops=peak,
         render_ms=t_render * 1e3, render_share=render_share, timed_rounds=steps,
-        recipe=args.recipe, text_tokens=text_tokens, **token_facts,
+        recipe=args.recipe, text_tokens=text_tokens, threads=torch.get_num_threads(),
+        **token_facts,
         targets={"mfu": 0.45, "render_share": 0.03}))
     return 0
 
