@@ -300,3 +300,11 @@ def test_train_text_tokens_ink_is_saved_and_evaluated_that_way(tmp_path):
             torch.testing.assert_close(model.encode_text(TEXTS),
                                        model.encode_image(images, keep=keep))
     assert json.loads((tmp_path / "a" / "args.json").read_text())["force_patch_dropout"] == 0.5
+
+
+def test_demo_passes_text_tokens_to_both_training_stages(tmp_path):
+    from clippo.demo import STAGES, recipe_argv
+    from clippo.train import parse_args
+    for stage in range(len(STAGES)):
+        assert parse_args(recipe_argv(tmp_path, stage, text_tokens="ink")).text_tokens == "ink"
+        assert "--text-tokens" not in recipe_argv(tmp_path, stage)  # "all": the recipe as is
