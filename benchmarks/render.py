@@ -165,11 +165,22 @@ def main(argv=None):
             buf = torch.empty(batch, S, S, dtype=torch.uint8)
             t = measure(lambda: renderer(texts, out=buf), warmup=2, reps=reps, min_time=min_time)
             row("clippo CPU out=", t["p50"], batch, threads, "reused buffer")
+            # the patch ink mask with the render (ink_patch_size=16: ViT-B/16's patches)
+            t = measure(lambda: renderer(texts, out=buf, ink_patch_size=16), warmup=2,
+                        reps=reps, min_time=min_time)
+            ink_row = row("clippo CPU out= +ink", t["p50"], batch, threads,
+                          "reused buffer, ink_patch_size=16")
+            plain = group[-2]["ms"]
+            ink_row["note"] += f", {ink_row['ms'] / plain:.3f}x the time without"
         torch.set_num_threads(threads_before)
 
         if gpu is not None:
             t = measure(lambda: gpu(texts), device="cuda", warmup=3, reps=reps * 2)
             row("clippo CUDA", t["p50"], batch, threads_before, "strings -> CUDA tensor, synced")
+            t = measure(lambda: gpu(texts, ink_patch_size=16), device="cuda", warmup=3,
+                        reps=reps * 2)
+            row("clippo CUDA +ink", t["p50"], batch, threads_before,
+                "ink_patch_size=16: mask from the host layout")
             text, offsets = encode_texts(texts, 768)
             t = measure(lambda: ops.layout_text(text, offsets, renderer._cmap, renderer._cols,
                                                 S, 16, 768, True, pin_memory=True),

@@ -30,4 +30,18 @@ TORCH_LIBRARY(clippo, m) {
   // Draws a layout with the atlas; runs where the atlas lives (CPU or CUDA).
   m.def("rasterize(Tensor glyphs, Tensor row_offsets, Tensor glyph_cols, Tensor atlas, "
         "int image_size, int background) -> Tensor");
+  // Ink masks (render/ink.h): which patch_size x patch_size patches of each image hold a
+  // pixel != background, from the layout and ink_rows, int64 [G, cell_h, ceil(cell_w / 64)]
+  // (bit c % 64 of word c / 64 of row r of glyph g: atlas[g, r, c] != background).
+  // ink: bool [B, (S / patch_size)^2], patches row-major. render_text with its ink mask:
+  m.def("render_text_ink(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, "
+        "Tensor atlas, Tensor ink_rows, int image_size, int max_chars, bool lower, "
+        "int background, int patch_size, bool word_wrap=False) -> (Tensor, Tensor)");
+  m.def("render_text_ink_into(Tensor text, Tensor offsets, Tensor cmap, Tensor glyph_cols, "
+        "Tensor atlas, Tensor ink_rows, int image_size, int max_chars, bool lower, "
+        "int background, int patch_size, Tensor(a!) out, Tensor(b!) ink, "
+        "bool word_wrap=False) -> ()");
+  // The ink mask of a host layout from layout_text (what rasterize draws, on any device).
+  m.def("patch_ink(Tensor glyphs, Tensor row_offsets, Tensor glyph_cols, Tensor ink_rows, "
+        "int image_size, int patch_size, bool pin_memory=False) -> Tensor");
 }

@@ -221,9 +221,17 @@ def test_classnames_and_missing_files(tmp_path):
     f = tmp_path / "names.txt"
     f.write_text("cat\n\ndog\n")
     assert D.read_classnames(f) == ["cat", "dog"]
-    f.write_text("cat\ncat\n")
-    with pytest.raises(D.DataFormatError, match="duplicate"):
-        D.read_classnames(f)
+    # names may repeat (CLIP_benchmark's ImageNet list has "missile" twice): a class is its
+    # index, and only a CSV label naming a repeated class is ambiguous
+    f.write_text("cat\ncat\ndog\n")
+    assert D.read_classnames(f) == ["cat", "cat", "dog"]
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("filepath,label\na.png,1\nb.png,dog\n")
+    _, samples = D.read_classification_csv(csv_file, classnames=D.read_classnames(f))
+    assert [s[1] for s in samples] == [1, 2]
+    csv_file.write_text("filepath,label\na.png,1\nb.png,cat\n")
+    with pytest.raises(D.DataFormatError, match=r"data\.csv:3: label 'cat' names more than one"):
+        D.read_classification_csv(csv_file, classnames=D.read_classnames(f))
     with pytest.raises(FileNotFoundError, match="no such file"):
         D.read_classnames(tmp_path / "nope.txt")
 

@@ -216,7 +216,10 @@ def test_vqa_answer_normalisation():
     assert M.normalize_vqa_answer("dont know") == "don't know"
     assert M.normalize_vqa_answer("1,000") == "1000"
     assert M.normalize_vqa_answer("3.5") == "3.5"
-    assert M.vqa_accuracy("Two", ["2"] * 10) == 1.0
+    # vqaEval.py processes answers only when the humans disagree (tests/test_eval_real_formats)
+    assert M.vqa_accuracy("Two", ["2"] * 10) == 0.0
+    assert M.vqa_accuracy("Two", ["2"] * 9 + ["3"]) == 1.0
+    assert M.vqa_accuracy("Two", ["2"] * 10, rule="normalized") == 1.0
 
 
 # -- few-shot ridge ----------------------------------------------------------------------------

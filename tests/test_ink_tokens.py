@@ -11,7 +11,7 @@ from clippo.eval.interface import open_clip_interface
 from clippo.kernels.patch_embed import patch_embed_ref
 from clippo.loss import create_loss
 from clippo.model.clippo import CLIPPO
-from clippo.model.tokens import keep_index, patch_embed_kept, pixel_ink, random_keep
+from clippo.model.tokens import keep_index, pixel_ink, random_keep
 from clippo.train.step import ContrastiveTask, forward_backward, render_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
@@ -65,24 +65,6 @@ def test_keep_index_orders_pads_and_gives_an_empty_row_one_token():
     assert index.tolist() == [[1, 3, 4], [0, -1, -1]] and lengths.tolist() == [3, 1]
     with pytest.raises(ValueError, match="bool mask"):
         keep_index(keep.long())
-
-
-@pytest.mark.parametrize("kind", ["uint8", "float"])
-def test_patch_embed_kept_equals_conv_tokens_gathered(kind):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (3, 3, 48, 32), dtype=torch.uint8, generator=g)
-    if kind == "float":
-        images = images.double() / 127.5 - 1
-    weight = torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64)
-    bias, pos = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(
-        1, 6, 8, generator=g, dtype=torch.float64)
-    full = patch_embed_ref(images, weight, bias, pos)  # conv2d, [3, 6, 8]
-    index = torch.tensor([[5, 0, 2], [3, -1, -1], [0, 1, -1]])
-    got = patch_embed_kept(images, weight, bias, pos, index)
-    for b in range(3):
-        for j, i in enumerate(index[b].tolist()):
-            want = full[b, i] if i >= 0 else torch.zeros(8, dtype=torch.float64)
-            torch.testing.assert_close(got[b, j], want, rtol=1e-12, atol=1e-12)
 
 
 def _reference_kept(vit, image, kept):

@@ -34,13 +34,14 @@ def _cases():
     ln = importlib.import_module("clippo.kernels.layer_norm")
     lin = importlib.import_module("clippo.kernels.linear")
 
-    def patch(dtype, uint8):
+    def patch(dtype, uint8, kept=False):
         def launch(empty):
             x = (empty(8, 1, 224, 224, dtype=torch.uint8).expand(8, 3, 224, 224) if uint8
                  else empty(8, 3, 224, 224, dtype=dtype))
             w, b = empty(768, 3, 16, 16, dtype=dtype), empty(768, dtype=dtype)
-            out = pe.patch_embed_fwd(x, w, b, empty(1, 196, 768, dtype=dtype))
-            pe.patch_embed_grad_weight(x, out, 16)
+            index = empty(8, 48, dtype=torch.int32) if kept else None  # the ink patches only
+            out = pe.patch_embed_fwd(x, w, b, empty(1, 196, 768, dtype=dtype), index)
+            pe.patch_embed_grad_weight(x, out, 16, index)
         return launch
 
     def attn(dtype, lq, lk, dh, ragged=False):
@@ -76,6 +77,7 @@ def _cases():
         for uint8 in (True, False):
             cases.append((f"patch_embed {name} {'uint8' if uint8 else 'float'}",
                           patch(dtype, uint8)))
+        cases.append((f"patch_embed {name} uint8 kept patches", patch(dtype, True, kept=True)))
         for dh in (64, 128):
             cases.append((f"attention {name} Dh={dh}", attn(dtype, 197, 197, dh)))
             cases.append((f"attention {name} Dh={dh} one query", attn(dtype, 1, 196, dh)))
@@ -101,7 +103,7 @@ def _signature(fn, args, kwargs):
         elif isinstance(v, torch.Tensor):
             sig[name] = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16",
                                torch.float32: "fp32", torch.uint8: "u8",
-                               torch.int32: "i32"}[v.dtype]
+                               torch.int32: "i32", torch.int64: "i64"}[v.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, bool):
             sig[name] = "i1"

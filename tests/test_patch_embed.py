@@ -196,3 +196,193 @@ def test_bad_pos_embed_shape():
     images, weight, bias, pos = make_inputs(CASES[0], torch.float32, device="cpu")
     with pytest.raises(ValueError, match="pos_embed"):
         torch.ops.clippo.patch_embed(images, weight, bias, pos[:, :-1])
+
+
+# ------------------------------------------------------------------ kept patches (patch_index)
+
+def gather_tokens(full, patch_index):
+    """The definition: tokens of every patch [B, N, D], picked at patch_index [B, L]; a
+    negative entry gives a zero token."""
+    idx = patch_index.long()
+    picked = full.gather(1, idx.clamp(min=0).unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    return torch.where((idx >= 0).unsqueeze(-1), picked, torch.zeros_like(picked))
+
+
+def make_index(kind, b, n, seed=0, dtype=torch.int32):
+    """ragged: each row keeps a random subset, one row keeps nothing; full: every patch in
+    order (no padding); shuffled: any order, repeats, padding in the middle; empty: L = 0."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ragged":
+        ink = torch.rand(b, n, generator=g) < 0.4
+        ink[min(1, b - 1)] = False
+        idx = K.ink_index(ink)[0]
+        if idx.shape[1] == 0:
+            idx = torch.full((b, 1), -1, dtype=torch.int32)
+    elif kind == "full":
+        idx = torch.arange(n, dtype=torch.int32).repeat(b, 1)
+    elif kind == "shuffled":
+        idx = torch.randint(-1, n, (b, n + 3), generator=g, dtype=torch.int32)
+    else:
+        idx = torch.empty(b, 0, dtype=torch.int32)
+    return idx.to(DEVICE, dtype)
+
+
+INDEX_KINDS = ["ragged", "full", "shuffled", "empty"]
+
+
+def tokens_of(case):
+    return (case[3] // case[5]) * (case[4] // case[5])
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", case_params())
+def test_forward_kernel_kept_patches(case, dtype, kind):
+    images, weight, bias, pos = make_inputs(case, dtype)
+    idx = make_index(kind, case[1], tokens_of(case), dtype=torch.int64 if kind == "full" else
+                     torch.int32)
+    out = pe.patch_embed_fwd(images, weight, bias, pos, idx)
+    ref64 = gather_tokens(pe.patch_embed_ref(f64(images), f64(weight), f64(bias), f64(pos)), idx)
+    ref = pe.patch_embed_ref(images, weight, bias, pos, idx)
+    assert out.shape == ref.shape == (case[1], idx.shape[1], case[6])
+    if out.numel():
+        assert_rule(out, ref64, ref, ATOL[dtype], f"{case[0]} {dtype} {kind} tokens")
+    assert (out[idx < 0] == 0).all()                         # padding slots are zero tokens
+    if kind == "full":   # the same tiles as without an index: the same bits
+        assert torch.equal(out, pe.patch_embed_fwd(images, weight, bias, pos))
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", case_params(gpu_cases=False))
+def test_grad_weight_kernel_kept_patches(case, dtype, kind):
+    images, weight, _, _ = make_inputs(case, dtype)
+    idx = make_index(kind, case[1], tokens_of(case), seed=1)
+    grad = torch.randn(case[1], idx.shape[1], case[6],
+                       generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+    p = weight.shape[-1]
+    gw = pe.patch_embed_grad_weight(images, grad, p, idx)
+    # float64 definition: autograd through the full conv, then the pick
+    w64 = f64(weight).clone().requires_grad_()
+    gather_tokens(pe.patch_embed_ref(f64(images), w64), idx).backward(grad.double())
+    same = pe.patch_embed_grad_weight_ref(images, grad, p, idx)
+    rows = max(1, idx.numel())
+    assert_rule(gw, w64.grad, same, ATOL[dtype] * rows ** 0.5, f"{case[0]} {dtype} {kind} dW")
+
+
+@pytest.mark.parametrize("kind", ["ragged", "shuffled"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", case_params(gpu_cases=False))
+def test_op_autograd_kept_patches(case, dtype, kind):
+    """The op with patch_index: forward and every gradient against autograd through the
+    float64 full conv + pick (padding slots carry no gradient to bias or pos_embed)."""
+    images, weight, bias, pos = make_inputs(case, dtype)
+    idx = make_index(kind, case[1], tokens_of(case), seed=2)
+    inputs = dict(images=images, weight=weight, bias=bias, pos=pos)
+    names = [n for n, t in inputs.items() if t is not None and t.dtype.is_floating_point]
+    grad = torch.randn(case[1], idx.shape[1], case[6],
+                       generator=torch.Generator().manual_seed(3)).to(DEVICE)
+
+    def op(*args):
+        return torch.ops.clippo.patch_embed(*args, idx)
+
+    def ref64(*args):
+        return gather_tokens(pe.patch_embed_ref(*args), idx)
+
+    def same(*args):
+        return pe.patch_embed_ref(*args, idx)
+
+    out, got = _op_and_grads(op, inputs, names, grad)
+    out64, want64 = _op_and_grads(ref64, {n: f64(t) for n, t in inputs.items()}, names,
+                                  grad.double())
+    outs, want = _op_and_grads(same, inputs, names, grad)
+    assert_rule(out, out64, outs, ATOL[dtype], f"{case[0]} {dtype} {kind} out")
+    rows = idx.numel()
+    for name in names:
+        assert got[name].shape == inputs[name].shape, name
+        assert_rule(got[name], want64[name], want[name], ATOL[dtype] * rows ** 0.5,
+                    f"{case[0]} {dtype} {kind} d{name}")
+
+
+def test_public_kept_patches_on_every_backend():
+    images, weight, bias, pos = make_inputs(CASES[0], torch.float32)
+    idx = make_index("ragged", CASES[0][1], tokens_of(CASES[0]))
+    want = gather_tokens(pe.patch_embed_ref(images, weight, bias, pos), idx)
+    backends = ["torch", "auto"] + (["triton"] if K.HAS_TRITON else [])
+    for name in backends:
+        with K.use_backend(name):
+            torch.testing.assert_close(K.patch_embed(images, weight, bias, pos, idx), want)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda i: i.float(), "int32 or int64"),
+    (lambda i: i[0], r"\[B=2, L\]"),
+    (lambda i: i[:1], r"\[B=2, L\]"),
+    (lambda i: i.clone().fill_(20), "holds 20"),
+])
+def test_kept_patch_index_errors(bad, message):
+    images, weight, bias, pos = make_inputs(CASES[0], torch.float32, device="cpu")
+    idx = bad(torch.zeros(2, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match=message):
+        torch.ops.clippo.patch_embed(images, weight, bias, pos, idx)
+    with pytest.raises(ValueError, match=message):
+        K.patch_embed(images, weight, bias, pos, idx)
+
+
+def ink_index_loop(ink):
+    """Python loops: each row's True columns in order, then -1 up to the longest row."""
+    rows = [[j for j, v in enumerate(row) if v] for row in ink.tolist()]
+    longest = max((len(r) for r in rows), default=0)
+    return [r + [-1] * (longest - len(r)) for r in rows], [len(r) for r in rows]
+
+
+def test_ink_index():
+    ink = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    idx, lengths = K.ink_index(ink)
+    assert idx.dtype == lengths.dtype == torch.int32
+    assert idx.tolist() == [[1, 3, 4], [-1, -1, -1], [0, -1, -1]]
+    assert lengths.tolist() == [3, 0, 1]
+    g = torch.Generator().manual_seed(0)
+    for n, p in ((196, 0.1), (25, 0.4), (7, 0.9), (1, 0.5)):
+        ink = torch.rand(13, n, generator=g) < p
+        idx, lengths = K.ink_index(ink)
+        want, want_len = ink_index_loop(ink)
+        assert idx.tolist() == want and lengths.tolist() == want_len
+    idx, _ = K.ink_index(torch.zeros(2, 4, dtype=torch.bool))
+    assert idx.shape == (2, 0)
+    idx, _ = K.ink_index(torch.zeros(2, 4, dtype=torch.bool), min_length=1)
+    assert idx.tolist() == [[-1], [-1]]
+    idx, _ = K.ink_index(ink[:, :1] | True, min_length=3, multiple_of=4)   # beyond N: padding
+    assert idx.shape == (13, 4) and (idx[:, 0] == 0).all() and (idx[:, 1:] == -1).all()
+    assert K.ink_index(torch.zeros(0, 9, dtype=torch.bool))[0].shape == (0, 0)
+    with pytest.raises(ValueError, match="bool"):
+        K.ink_index(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="multiple_of"):
+        K.ink_index(ink, multiple_of=0)
+
+
+def test_renderer_ink_to_tokens():
+    """End to end: the renderer's ink mask picks the patches holding ink, and the kept tokens
+    are those of the full embedding (the blank patches dropped)."""
+    import clippo
+    images, ink = clippo.TextRenderer(image_size=64)(["a cat", "", "on a mat"],
+                                                      ink_patch_size=16)
+    idx, lengths = K.ink_index(ink)
+    assert lengths[1] == 0 and lengths[0] > 0
+    weight = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = pe.patch_embed_ref(images, weight)
+    torch.testing.assert_close(K.patch_embed(images, weight, None, None, idx),
+                               gather_tokens(full, idx))
+
+
+def test_opcheck_kept_patches():
+    """The ops with patch_index: schema, autograd registration, fake kernels (torch.compile)."""
+    images, weight, bias, pos = make_inputs(CASES[0], torch.float32, device="cpu")
+    idx = make_index("ragged", CASES[0][1], tokens_of(CASES[0])).cpu()
+    w = weight.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.clippo.patch_embed.default, (images, w, bias, pos, idx))
+    grad = torch.randn(idx.shape[0], idx.shape[1], weight.shape[0])
+    torch.library.opcheck(torch.ops.clippo.patch_embed_grad_weight.default,
+                          (images, grad, 8, idx))

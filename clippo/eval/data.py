@@ -135,14 +135,72 @@ def read_text_lines(path, keep_newline=False):
         raise FileNotFoundError(f"no such file: {path}") from None
 
 
-def read_classnames(path):
-    """One class name per line (blank lines ignored)."""
-    names = [line.strip() for _, line in read_text_lines(path) if line.strip()]
+def _starts_like_json(path):
+    """A .json name, or a file whose first non-blank character opens a JSON object or list."""
+    if str(path).lower().endswith(".json"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    return head[:1] in (b"{", b"[")
+
+
+def read_json(path):
+    """A whole JSON document; syntax errors name line and column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text.lstrip("\ufeff"))
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e) from None
+
+
+# CLIP_benchmark looks a "tfds/NAME", "vtab/NAME" or "wds/NAME" dataset up under its full
+# name, then under NAME
+_DATASET_PREFIXES = ("tfds", "vtab", "wds")
+
+
+def dataset_entry(path, doc, dataset, what):
+    """The entry of `dataset` in a JSON object keyed by dataset name, as CLIP_benchmark's
+    en_classnames.json, en_zeroshot_classification_templates.json and cupl_prompts.json."""
+    names = ", ".join(sorted(doc))
+    if not dataset:
+        raise DataFormatError(path, None, f"{what} keyed by dataset name: choose one with "
+                              f"--dataset NAME (one of: {names})")
+    keys = [dataset]
+    prefix, _, short = dataset.partition("/")
+    if prefix in _DATASET_PREFIXES and short:
+        keys.append(short)
+    for key in keys:
+        if key in doc:
+            return doc[key]
+    raise DataFormatError(path, None, f"no dataset {dataset!r} in its {what} (one of: "
+                          f"{names})")
+
+
+def read_classnames(path, dataset=None):
+    """Class names: a text file with one per line (blank lines ignored), or JSON: a list of
+    names, or CLIP_benchmark's {dataset name: [names]} (en_classnames.json) with `dataset`
+    choosing the entry. A file that is JSON is never read as lines. Names may repeat, as in
+    CLIP_benchmark's ImageNet list ("missile", "sunglasses"): a class is its index."""
+    if _starts_like_json(path):
+        doc = read_json(path)
+        if isinstance(doc, dict):
+            doc = dataset_entry(path, doc, dataset, "class names")
+        if not isinstance(doc, list) or not all(isinstance(n, str) and n.strip() for n in doc):
+            raise DataFormatError(path, None, "expected a list of class names (or "
+                                  "{dataset name: [class names]})")
+        names = [n.strip() for n in doc]
+    else:
+        names = [line.strip() for _, line in read_text_lines(path) if line.strip()]
     if not names:
-        raise DataFormatError(path, None, "no class names (expected one per line)")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataFormatError(path, None, f"duplicate class names {dup[:5]}")
+        raise DataFormatError(path, None, "no class names")
     return names
 
 
@@ -226,6 +284,7 @@ def read_classification_csv(path, img_key="filepath", label_key="label", sep=Non
         _need_columns(path, rows[0][1].keys(), [img_key, label_key],
                       ["--csv-img-key", "--csv-label-key"])
     index = {n: i for i, n in enumerate(classnames)} if classnames else None
+    repeated = {n for n in classnames if classnames.count(n) > 1} if classnames else set()
     labels_raw = []
     for lineno, row in rows:
         if not row[img_key].strip():
@@ -242,6 +301,9 @@ def read_classification_csv(path, img_key="filepath", label_key="label", sep=Non
         index = {n: i for i, n in enumerate(classnames)}
     samples = []
     for (lineno, row), (_, label) in zip(rows, labels_raw):
+        if label in repeated:
+            raise DataFormatError(path, lineno, f"label {label!r} names more than one class "
+                                  f"of the class names: use class indices")
         if label in index:
             target = index[label]
         elif label.lstrip("-").isdigit() and 0 <= int(label) < len(classnames):
@@ -385,13 +447,24 @@ def read_karpathy_json(path, split="test", image_root=None):
 IMAGE_KEYS = ("image", "image/key", "image_path", "filepath", "file_name")
 
 
+def _is_metadata_key(key):
+    """Keys that describe the image, not a language: the image keys and anything in the
+    "image/" namespace (Crossmodal-3600's "image/locale", the language of the image's
+    region)."""
+    return key in IMAGE_KEYS or key.startswith("image/")
+
+
 def read_xm3600(path, image_root=None, languages=None, image_ext=".jpg"):
-    """Crossmodal-3600-style JSONL, one image per line:
-    {"image/key": "000411001ff7dd4f", "en": {"caption": [...]}, "de": {...}, ...}
-    ("image/key" names image_root/<key>.jpg; an "image" key gives a path instead). A language's
-    captions may be a list of strings, one string, or an object with a "caption" list.
-    Returns ([(image path, {lang: [captions]})], languages); every image must have every
-    language (the default: the languages of the first line).
+    """Crossmodal-3600 captions.jsonl, one image per line, as the dataset ships it:
+    {"image/key": "000411001ff7dd4f", "image/locale": "bn", "ar": {"caption": [...],
+    "caption/tokenized": [...], "caption/tokenized/lowercase": [...]}, "bn": {...}, ...}.
+
+    "image/key" names image_root/<key>.jpg (the official layout unpacks the images into
+    images/ beside captions.jsonl; image_root defaults to the JSONL's folder); an "image" key
+    gives a path instead. Every other key outside the "image/" namespace is a language; the raw
+    "caption" list is used. A language's captions may also be a list of strings or one
+    string. Returns ([(image path, {lang: [captions]})], languages); every image must have
+    every language (the default: the languages of the first line, sorted).
     """
     root = Path(image_root) if image_root else Path(path).parent
     out, langs = [], list(languages) if languages else None
@@ -414,7 +487,7 @@ def read_xm3600(path, image_root=None, languages=None, image_ext=".jpg"):
             image = _resolve(root, obj[key])
         captions = {}
         for lang, value in obj.items():
-            if lang in IMAGE_KEYS:
+            if _is_metadata_key(lang) or (langs is not None and lang not in langs):
                 continue
             if isinstance(value, dict):
                 value = value.get("caption")
@@ -444,10 +517,12 @@ class GlueTask:
     """Where a GLUE task's TSV keeps its text and label, and how it is scored."""
 
     def __init__(self, name, text_a, text_b, label, labels=None, header=True, metrics=("accuracy",),
-                 dev="dev.tsv"):
+                 dev=None):
         self.name, self.text_a, self.text_b, self.label = name, text_a, text_b, label
         self.labels = labels  # None: regression
-        self.header, self.metrics, self.dev = header, metrics, dev
+        self.header, self.metrics = header, metrics
+        # the labelled evaluation files, {result name: file}, as GLUE reports them
+        self.dev = dev or {name: "dev.tsv"}
 
     @property
     def is_pair(self):
@@ -469,17 +544,54 @@ GLUE_TASKS = {
                     metrics=("f1", "accuracy")),
     "stsb": GlueTask("stsb", "sentence1", "sentence2", "score", None,
                      metrics=("pearson", "spearmanr")),
+    # MNLI is reported on its matched and mismatched dev sets, from one trained model
     "mnli": GlueTask("mnli", "sentence1", "sentence2", "gold_label",
-                     ["entailment", "neutral", "contradiction"], dev="dev_matched.tsv"),
+                     ["entailment", "neutral", "contradiction"],
+                     dev={"mnli_m": "dev_matched.tsv", "mnli_mm": "dev_mismatched.tsv"}),
     "qnli": GlueTask("qnli", "question", "sentence", "label", ["entailment", "not_entailment"]),
     "rte": GlueTask("rte", "sentence1", "sentence2", "label", ["entailment", "not_entailment"]),
     "wnli": GlueTask("wnli", "sentence1", "sentence2", "label", ["0", "1"]),
 }
 
 
+def _no_labels_error(path, task, column):
+    dev = " and ".join(task.dev.values())
+    return DataFormatError(path, 1, f"no labels (no {column!r} column): a GLUE test split, "
+                           f"whose labels GLUE keeps for its server. Score the labelled dev "
+                           f"file instead: --test DATA/{next(iter(task.dev.values()))}"
+                           + (f" (by default both {dev} are scored)" if len(task.dev) > 1
+                              else " (the default)"))
+
+
+def _check_glue_header(path, task, columns):
+    """The header of a GLUE task's TSV: a test file (text columns, no label) gets its own
+    message; a custom task's columns come from flags."""
+    texts = [k for k in (task.text_a, task.text_b) if k is not None]
+    if GLUE_TASKS.get(task.name) is not task:
+        _need_columns(path, columns, texts + [task.label],
+                      ["--text-a-key", "--text-b-key"][:len(texts)] + ["--label-key"])
+        return
+    missing = [k for k in texts if k not in columns]
+    if missing:
+        raise DataFormatError(path, 1, f"no column {missing[0]!r} in the header {columns}: "
+                              f"not GLUE's {task.name} layout (another TSV: --task custom "
+                              f"--text-a-key ... --label-key ...)")
+    if task.label not in columns:
+        raise _no_labels_error(path, task, task.label)
+
+
+def glue_eval_files(task, data_dir, test=None):
+    """{result name: TSV} a run scores: `test` alone (under the task's name) when given, else
+    the task's labelled dev files in data_dir (MNLI: mnli_m and mnli_mm)."""
+    if test:
+        return {task.name: str(test)}
+    return {name: str(Path(data_dir) / f) for name, f in task.dev.items()}
+
+
 def read_glue_tsv(path, task):
     """GLUE TSV -> (texts_a, texts_b or None, targets): int class indices, or float scores for
-    a regression task. Fields are tab-separated with no quoting, as GLUE's files."""
+    a regression task. Fields are tab-separated with no quoting, as GLUE's files. GLUE's test
+    files (no label column) are refused with a message saying so."""
     if isinstance(task, str):
         if task not in GLUE_TASKS:
             raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
@@ -488,8 +600,9 @@ def read_glue_tsv(path, task):
     first = True
     for lineno, row in _csv_rows(path, "\t", csv.QUOTE_NONE, header=task.header):
         if first and task.header:
-            keys = [k for k in (task.text_a, task.text_b, task.label) if k is not None]
-            _need_columns(path, row.keys(), keys, ["--text-a-key", "--text-b-key", "--label-key"])
+            _check_glue_header(path, task, list(row.keys()))
+        if first and not task.header and row[:2] == ["index", "sentence"]:
+            raise _no_labels_error(path, task, "label")  # CoLA's test.tsv has this header
         first = False
         if not task.header:
             need = max(k for k in (task.text_a, task.text_b, task.label) if k is not None) + 1

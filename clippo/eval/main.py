@@ -24,7 +24,7 @@ from clippo.eval import builtin as BI
 from clippo.eval.common import (PRECISIONS, flatten, load_model, metrics_table, result, table,
                                 write_json)
 from clippo.eval.metrics import TIES
-from clippo.eval.templates import load_class_prompts
+from clippo.eval.templates import load_prompts
 
 BUILTIN = "builtin"
 
@@ -82,11 +82,15 @@ def build_parser():
                        "mean_per_class_recall")
     _common(p, "ImageFolder directory (DIR/<class>/<image>), a CSV with image and label "
             "columns, or 'builtin'")
-    p.add_argument("--classnames", help="class names, one per line (default: the folder "
+    p.add_argument("--classnames", help="class names: one per line, or JSON (a list, or "
+                   "CLIP_benchmark's en_classnames.json with --dataset) (default: the folder "
                    "names, or the CSV's distinct labels)")
     p.add_argument("--templates", default=None, help="clip (the CLIP paper's 80 + '{}', "
                    "default), short (CLIP's best 7 + '{}'), name ('{}'), a file with one "
-                   "template per line, or a .json {class name: [prompts]} (per-class prompts)")
+                   "template per line, or JSON: CLIP_benchmark's templates or CuPL prompts "
+                   "files (with --dataset), or {class name: [prompts]}")
+    p.add_argument("--dataset", help="the entry to use in JSON files keyed by dataset name "
+                   "(CLIP_benchmark's names: imagenet1k, cifar10, vtab/eurosat, ...)")
     p.add_argument("--no-canonicalize", action="store_true", help="use class names and "
                    "templates as given (default: lower case, punctuation removed, as the "
                    "reference)")
@@ -111,13 +115,14 @@ def build_parser():
     p.add_argument("--ties", default="first", choices=TIES)
 
     p = sub.add_parser("nlu", help="GLUE-style classification / regression on rendered text")
-    _common(p, "GLUE task folder holding train.tsv and dev.tsv (dev_matched.tsv for MNLI), or "
-            "'builtin'")
+    _common(p, "GLUE task folder holding train.tsv and dev.tsv (MNLI: dev_matched.tsv and "
+            "dev_mismatched.tsv, scored as mnli_m and mnli_mm), or 'builtin'")
     p.add_argument("--task", dest="glue_task", default=None,
                    help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, or 'custom' with "
                    "--text-a-key ... (built-in: colour, same, similarity; default all three)")
     p.add_argument("--train", help="training TSV (default: DATA/train.tsv)")
-    p.add_argument("--test", help="evaluation TSV (default: DATA/dev.tsv)")
+    p.add_argument("--test", help="evaluation TSV, with labels (default: DATA/dev.tsv; MNLI: "
+                   "both dev files)")
     p.add_argument("--mode", default="linear", choices=("linear", "finetune"),
                    help="linear probe on frozen features, or full fine-tuning")
     p.add_argument("--pair-encoding", default=None, choices=("joint", "separate"),
@@ -146,6 +151,9 @@ def build_parser():
                    "about a quarter of the image, whole text rows)")
     p.add_argument("--layout", default="top", choices=("top", "bottom"))
     p.add_argument("--max-answers", type=int, default=3129)
+    p.add_argument("--normalize-answers", action="store_true", help="score with every answer "
+                   "fully normalised (default: the official vqaEval.py rule, which leaves the "
+                   "answers as they are when all ten humans agree)")
     _probe(p, epochs=100, lr=1e-2)
 
     p = sub.add_parser("fewshot", help="few-shot linear probe (closed-form ridge regression)")
@@ -156,7 +164,10 @@ def build_parser():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--l2", type=float, default=2.0 ** 10)
     p.add_argument("--layer", default="pre_logits", choices=("pre_logits", "embedding"))
-    p.add_argument("--classnames", help="class names, one per line (for CSV integer labels)")
+    p.add_argument("--classnames", help="class names for CSV integer labels: one per line, or "
+                   "JSON (a list, or CLIP_benchmark's en_classnames.json with --dataset)")
+    p.add_argument("--dataset", help="the entry to use in a --classnames JSON keyed by "
+                   "dataset name")
     _csv(p, label=True)
 
     p = sub.add_parser("all", help="every built-in task; one results table")
@@ -186,7 +197,8 @@ def _kw(args, precision):
 def _classification_data(args, path, model, classnames_file=None):
     from clippo.eval.data import (ImageDataset, read_classification_csv, read_classnames,
                                   read_image_folder)
-    names = read_classnames(classnames_file) if classnames_file else None
+    names = read_classnames(classnames_file, getattr(args, "dataset", None)) \
+        if classnames_file else None
     if Path(path).is_dir():
         classes, samples = read_image_folder(path)
         if names:
@@ -222,19 +234,17 @@ def run_zeroshot(args, model=None, precision=None, name=None):
         model, precision, name = _setup(args)
     if args.data == BUILTIN:
         ds, classes, prompts = BI.zeroshot_task(model.img.image_size)
-        templates = args.templates or prompts
+        templates = load_prompts(args.templates, args.dataset) if args.templates else prompts
         n = len(classes)
         chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n}
     else:
         ds, classes = _classification_data(args, args.data, model, args.classnames)
-        templates, chance = args.templates or "clip", None
-    if isinstance(templates, str) and templates.lower().endswith(".json"):
-        templates = load_class_prompts(templates)
+        templates, chance = load_prompts(args.templates or "clip", args.dataset), None
     m = evaluate_zeroshot(model, ds, classes, templates, canonicalize=not args.no_canonicalize,
                           ties=args.ties, **_kw(args, precision))
     skipped = m.pop("skipped")
-    shown = templates if isinstance(templates, str) else (
-        "per-class prompts" if isinstance(templates, dict) else list(templates))
+    spec = args.templates or (None if args.data == BUILTIN else "clip")
+    shown = "per-class prompts" if isinstance(templates, dict) else (spec or list(templates))
     res = result("zeroshot_classification", args.data, name, m, len(skipped),
                  num_classes=len(classes), templates=shown,
                  skipped_files=_skipped_files(ds, skipped))
@@ -316,7 +326,7 @@ def _glue_task(args):
 
 
 def run_nlu(args, model=None, precision=None, name=None):
-    from clippo.eval.data import read_glue_tsv
+    from clippo.eval.data import glue_eval_files, read_glue_tsv
     from clippo.eval.nlu import evaluate_nlu
     if model is None:
         model, precision, name = _setup(args)
@@ -340,9 +350,9 @@ def run_nlu(args, model=None, precision=None, name=None):
     else:
         task = _glue_task(args)
         train = args.train or str(Path(args.data) / "train.tsv")
-        test = args.test or str(Path(args.data) / task.dev)
-        metrics = {task.name: evaluate_nlu(model, task, read_glue_tsv(train, task),
-                                           read_glue_tsv(test, task), **kw)}
+        tests = {name: read_glue_tsv(f, task)
+                 for name, f in glue_eval_files(task, args.data, args.test).items()}
+        metrics = evaluate_nlu(model, task, read_glue_tsv(train, task), tests, **kw)
     res = result("nlu", args.data, name, metrics, 0, mode=args.mode)
     if chance:
         res["chance"] = chance
@@ -367,7 +377,9 @@ def run_vqa(args, model=None, precision=None, name=None):
         test = read_vqa(args.data, args.annotations, args.image_root, args.image_template)
     m = evaluate_vqa(model, train, test, band=args.band, layout=args.layout, layer=args.layer,
                      max_answers=args.max_answers, hidden=args.hidden, epochs=args.epochs,
-                     lr=args.lr, weight_decay=args.wd, seed=args.seed, **_kw(args, precision))
+                     lr=args.lr, weight_decay=args.wd, seed=args.seed,
+                     answer_rule="normalized" if args.normalize_answers else "official",
+                     **_kw(args, precision))
     skipped = m.pop("skipped")
     skipped_train = m.pop("skipped_train")
     res = result("vqa", args.data, name, m, len(skipped) + len(skipped_train),

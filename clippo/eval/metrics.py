@@ -248,68 +248,99 @@ def spearman(x, y):
 
 # -- VQA ---------------------------------------------------------------------------------------
 
-# The official VQA evaluation's answer normalisation (vqaEval.py): punctuation, number words,
-# articles and apostrophe-less contractions.
+# The official VQA evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py
+# as of its 2021 fix): its answer processing tables, taken as they are, quirks included.
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
               "@", "`", ",", "?", "!"]
 _VQA_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
                 "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _VQA_ARTICLES = {"a", "an", "the"}
 _VQA_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
-    "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hes": "he's",
-    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've",
-    "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
-    "maam": "ma'am", "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
-    "shant": "shan't", "shed": "she'd", "shes": "she's", "shouldve": "should've",
-    "shouldnt": "shouldn't", "somebodys": "somebody's", "someones": "someone's",
-    "somethings": "something's", "thats": "that's", "thered": "there'd", "theres": "there's",
-    "theyd": "they'd", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-    "wasnt": "wasn't", "weve": "we've", "werent": "weren't", "whatll": "what'll",
-    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
-    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd",
-    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
-    "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll",
-    "youre": "you're", "youve": "you've",
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt":
+    "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't",
+    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hed've":
+    "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows":
+    "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't",
+    "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve":
+    "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt":
+    "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at":
+    "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've":
+    "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt":
+    "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd":
+    "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll":
+    "somebody'll", "somebodys": "somebody's", "someoned": "someone'd", "someoned've":
+    "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll", "someones":
+    "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've", "therere":
+    "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve":
+    "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
+    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent":
+    "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've",
+    "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod":
+    "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve":
+    "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've":
+    "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve":
+    "you've",
 }
 _VQA_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _VQA_COMMA = re.compile(r"(\d)(,)(\d)")
 
 
-def normalize_vqa_answer(answer):
-    """An answer as the official VQA evaluation compares it (lower case, punctuation, number
-    words to digits, no articles, contractions restored)."""
-    text = str(answer).replace("\n", " ").replace("\t", " ").strip().lower()
+VQA_RULES = ("official", "normalized")
+
+
+def _vqa_strip(answer):
+    return str(answer).replace("\n", " ").replace("\t", " ").strip()
+
+
+def _vqa_punctuation(text):
     out = text
     for p in _VQA_PUNCT:
         if (p + " " in text or " " + p in text) or _VQA_COMMA.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    out = _VQA_PERIOD.sub("", out)
-    words = []
-    for w in out.split():
-        w = _VQA_NUMBERS.get(w, w)
-        if w not in _VQA_ARTICLES:
-            words.append(_VQA_CONTRACTIONS.get(w, w))
-    return " ".join(words)
+    # the official code passes re.UNICODE (32) where sub() takes `count`: at most 32 periods go
+    return _VQA_PERIOD.sub("", out, count=32)
 
 
-def vqa_accuracy(prediction, human_answers, normalize=True):
-    """VQA accuracy of one prediction against the humans' answers (10 in VQAv2).
+def _vqa_digits_articles(text):
+    words = [_VQA_NUMBERS.get(w, w) for w in text.lower().split()]
+    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in _VQA_ARTICLES)
 
-    The official score: for each human, min(#other humans who gave the prediction / 3, 1),
-    averaged over the humans (so 3 matches out of 10 humans score 0.9, 4 or more score 1).
+
+def normalize_vqa_answer(answer):
+    """An answer after all of the official evaluation's processing: newlines and tabs to
+    spaces, punctuation, then lower case, number words to digits, articles dropped,
+    apostrophe-less contractions restored."""
+    return _vqa_digits_articles(_vqa_punctuation(_vqa_strip(answer)))
+
+
+def vqa_accuracy(prediction, human_answers, rule="official"):
+    """VQA accuracy of one prediction against the humans' answers (10 in VQAv2): for each
+    human left out, min(#other humans who gave the prediction / 3, 1), averaged (so 3
+    matches out of 10 score 0.9, 4 or more score 1).
+
+    rule "official" compares as vqaEval.py does: both sides only stripped when the humans'
+    answers are all identical (then "beach" against ten "the beach" scores 0, and "Yes"
+    against ten "yes" too), both fully processed (`normalize_vqa_answer`) otherwise.
+    "normalized": both sides always fully processed.
     """
-    answers = list(human_answers)
+    if rule not in VQA_RULES:
+        raise ValueError(f"rule must be one of {VQA_RULES}, got {rule!r}")
+    answers = [_vqa_strip(a) for a in human_answers]
     if not answers:
         raise ValueError("a VQA question needs at least one human answer")
-    if normalize:
-        prediction = normalize_vqa_answer(prediction)
-        answers = [normalize_vqa_answer(a) for a in answers]
+    prediction = _vqa_strip(prediction)
+    if rule == "normalized" or len(set(answers)) > 1:
+        prediction = _vqa_digits_articles(_vqa_punctuation(prediction))
+        answers = [_vqa_digits_articles(_vqa_punctuation(a)) for a in answers]
     matches = sum(a == prediction for a in answers)
     total = 0.0
     for a in answers:
@@ -318,11 +349,11 @@ def vqa_accuracy(prediction, human_answers, normalize=True):
     return total / len(answers)
 
 
-def mean_vqa_accuracy(predictions, human_answers, normalize=True):
+def mean_vqa_accuracy(predictions, human_answers, rule="official"):
     """Mean of `vqa_accuracy` over questions (the official overall accuracy, as a fraction)."""
     if len(predictions) != len(human_answers):
         raise ValueError(f"{len(predictions)} predictions for {len(human_answers)} questions")
     if not len(predictions):
         return float("nan")
-    return float(np.mean([vqa_accuracy(p, a, normalize)
+    return float(np.mean([vqa_accuracy(p, a, rule)
                           for p, a in zip(predictions, human_answers)]))

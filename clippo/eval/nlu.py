@@ -72,7 +72,9 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding=None,
                  separator=DEFAULT_SEPARATOR, layer="pre_logits", epochs=None, lr=None,
                  weight_decay=1e-4, batch_size=64, hidden=0, seed=0, precision="fp32",
                  progress=False):
-    """Train on `train`, score on `test`; each is (texts_a, texts_b or None, targets).
+    """Train on `train`, score on `test`; each is (texts_a, texts_b or None, targets). `test`
+    may be a dict {name: test set} (MNLI's mnli_m and mnli_mm): one trained model scores them
+    all, and the result is {name: scores}.
 
     mode "linear": a linear head (hidden > 0: an MLP) on frozen features; "finetune": the
     whole model and a linear head on its pooled features, trained together (on a copy: the
@@ -86,26 +88,30 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding=None,
         raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
     out_dim = 1 if task.is_regression else len(task.labels)
     kind = "regression" if task.is_regression else "classification"
+    named = isinstance(test, dict)
+    tests = test if named else {None: test}
     y_train = _targets(task, train[2])
     model.eval()
     if mode == "linear":
         kw = dict(pair_encoding=pair_encoding, separator=separator, layer=layer,
                   precision=precision, progress=progress)
         f_train = sentence_features(model, train[0], train[1], **kw)
-        f_test = sentence_features(model, test[0], test[1], **kw)
         head = train_head(f_train, y_train, kind, out_dim, hidden=hidden,
                           epochs=epochs or 100, lr=lr or 1e-2, weight_decay=weight_decay,
                           batch_size=256, seed=seed, device=model.device)
-        outputs = head(f_test)
+        outputs = [head(sentence_features(model, t[0], t[1], **kw)) for t in tests.values()]
     else:
-        outputs = _finetune(model, task, train, test, kind, out_dim, pair_encoding, separator,
-                            layer, epochs or 3, lr or 3e-5, weight_decay, batch_size, seed,
-                            precision, progress)
-    scores = glue_scores(task, outputs, test[2])
-    scores.update(num_train=len(train[2]), num_test=len(test[2]))
-    if task.is_pair:
-        scores["pair_encoding"] = pair_encoding
-    return scores
+        outputs = _finetune(model, task, train, list(tests.values()), kind, out_dim,
+                            pair_encoding, separator, layer, epochs or 3, lr or 3e-5,
+                            weight_decay, batch_size, seed, precision, progress)
+    results = {}
+    for name, t, out in zip(tests, tests.values(), outputs):
+        scores = glue_scores(task, out, t[2])
+        scores.update(num_train=len(train[2]), num_test=len(t[2]))
+        if task.is_pair:
+            scores["pair_encoding"] = pair_encoding
+        results[name] = scores
+    return results if named else results[None]
 
 
 def _forward_texts(model, head, texts_a, texts_b, pair_encoding, separator, layer):
@@ -121,8 +127,9 @@ def _forward_texts(model, head, texts_a, texts_b, pair_encoding, separator, laye
     return head(feats.float())
 
 
-def _finetune(model, task, train, test, kind, out_dim, pair_encoding, separator, layer, epochs,
+def _finetune(model, task, train, tests, kind, out_dim, pair_encoding, separator, layer, epochs,
               lr, weight_decay, batch_size, seed, precision, progress):
+    """[outputs of each test set] of a fine-tuned copy of the model."""
     from tqdm import tqdm
     device = model.device
     with torch.random.fork_rng(devices=[]):
@@ -160,12 +167,15 @@ def _finetune(model, task, train, test, kind, out_dim, pair_encoding, separator,
     bar.close()
     tuned.eval()
     head.eval()
-    outs = []
+    results = []
     with torch.no_grad():
-        for s in range(0, len(test[2]), 256):
-            a = test[0][s:s + 256]
-            b = None if test[1] is None else test[1][s:s + 256]
-            with precision_context(device, precision):
-                outs.append(_forward_texts(tuned, head, a, b, pair_encoding, separator,
-                                           layer).float().cpu())
-    return torch.cat(outs)
+        for test in tests:
+            outs = []
+            for s in range(0, len(test[2]), 256):
+                a = test[0][s:s + 256]
+                b = None if test[1] is None else test[1][s:s + 256]
+                with precision_context(device, precision):
+                    outs.append(_forward_texts(tuned, head, a, b, pair_encoding, separator,
+                                               layer).float().cpu())
+            results.append(torch.cat(outs))
+    return results

@@ -66,6 +66,24 @@ def canonical_templates(templates):
     return [canonicalize(t, keep="{}") for t in templates]
 
 
+def _checked_template(path, line, template):
+    """A template with CLIP_benchmark's "{c}" turned into "{}"; DataFormatError if it has no
+    place for the class name or is not a valid format string."""
+    from clippo.eval.data import DataFormatError
+    if not isinstance(template, str):
+        raise DataFormatError(path, line, f"template {template!r} is not a string")
+    template = template.replace("{c}", "{}")
+    if "{}" not in template:
+        raise DataFormatError(path, line, f"template {template!r} has no '{{}}' (or '{{c}}') "
+                              f"for the class name")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as e:
+        raise DataFormatError(path, line, f"template {template!r} is not a valid format "
+                              f"string ({e}); write literal braces as {{{{ }}}}") from None
+    return template
+
+
 def load_templates(spec):
     """A template set by name ("clip", "short", "name") or from a UTF-8 file with one template
     per line ("{}" or CLIP_benchmark's "{c}" marks the class name; blank lines and lines
@@ -78,44 +96,70 @@ def load_templates(spec):
         return templates
     if spec in TEMPLATE_SETS:
         return list(TEMPLATE_SETS[spec])
-    from clippo.eval.data import DataFormatError, read_text_lines
+    from clippo.eval.data import read_text_lines
     templates = []
     for lineno, line in read_text_lines(spec):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        line = line.replace("{c}", "{}")
-        if "{}" not in line:
-            raise DataFormatError(spec, lineno, f"template {line!r} has no '{{}}' for the "
-                                  f"class name")
-        try:
-            line.format("x")
-        except (IndexError, KeyError, ValueError) as e:
-            raise DataFormatError(spec, lineno, f"template {line!r} is not a valid format "
-                                  f"string ({e}); write literal braces as {{{{ }}}}") from None
-        templates.append(line)
+        templates.append(_checked_template(spec, lineno, line))
     if not templates:
         raise ValueError(f"{spec}: no templates (expected one per line, or one of "
                          f"{sorted(TEMPLATE_SETS)})")
     return templates
 
 
-def load_class_prompts(path):
-    """Per-class prompts from a JSON object {class name: [prompts]} (CLIP_benchmark's custom
-    template file, CuPL's format)."""
-    import json
+def _checked_class_prompts(path, prompts):
     from clippo.eval.data import DataFormatError
-    try:
-        with open(path, encoding="utf-8") as f:
-            prompts = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") \
-            from None
-    if not isinstance(prompts, dict) or not prompts:
-        raise DataFormatError(path, 1, "expected a JSON object {class name: [prompts]}")
+    if not prompts:
+        raise DataFormatError(path, None, "no classes in the per-class prompts")
     for name, value in prompts.items():
         if not isinstance(value, list) or not value or not all(
                 isinstance(v, str) and v.strip() for v in value):
             raise DataFormatError(path, None, f"class {name!r}: expected a non-empty list of "
                                   f"prompt strings")
+    return prompts
+
+
+def _has_placeholder(text):
+    return isinstance(text, str) and ("{c}" in text or "{}" in text)
+
+
+def load_prompts(spec, dataset=None):
+    """What --templates names: a template set, a text file of templates (`load_templates`), or
+    a JSON file. Returns a list of "{}" templates or a dict {class name: [prompts]}.
+
+    JSON files as CLIP_benchmark reads them, keyed by dataset name with `dataset` choosing the
+    entry: {dataset: ["{c} template", ...]} (en_zeroshot_classification_templates.json) or
+    {dataset: {class name: [prompts]}} (CuPL's prompts, cupl_prompts.json). A JSON object
+    {class name: [prompts]} whose prompts have no "{c}" or "{}" is per-class prompts for the
+    classes as they are.
+    """
+    from clippo.eval.data import DataFormatError, _starts_like_json, dataset_entry, read_json
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, (list, tuple)) or spec in TEMPLATE_SETS or not _starts_like_json(spec):
+        return load_templates(spec)
+    doc = read_json(spec)
+    if not isinstance(doc, dict) or not doc:
+        raise DataFormatError(spec, 1, "expected a JSON object: {dataset name: [templates]}, "
+                              "{dataset name: {class name: [prompts]}} or {class name: "
+                              "[prompts]}")
+    flat = dataset is None and all(
+        isinstance(v, list) and not any(_has_placeholder(t) for t in v) for v in doc.values())
+    entry = doc if flat else dataset_entry(spec, doc, dataset, "prompts")
+    if isinstance(entry, dict):
+        return _checked_class_prompts(spec, entry)
+    if not isinstance(entry, list) or not entry:
+        raise DataFormatError(spec, None, f"dataset {dataset!r}: expected a list of templates "
+                              f"or {{class name: [prompts]}}")
+    return [_checked_template(spec, None, t) for t in entry]
+
+
+def load_class_prompts(path, dataset=None):
+    """Per-class prompts {class name: [prompts]} from a JSON file (`load_prompts`)."""
+    from clippo.eval.data import DataFormatError
+    prompts = load_prompts(path, dataset)
+    if not isinstance(prompts, dict):
+        raise DataFormatError(path, None, "expected per-class prompts, found templates")
     return prompts

@@ -64,13 +64,15 @@ def answer_vocabulary(records, max_answers=NUM_ANSWERS):
 
 
 def answer_scores(records, vocab):
-    """[N, len(vocab)] official accuracy of answering each vocabulary entry."""
+    """[N, len(vocab)] VQA accuracy of answering each vocabulary entry, both sides fully
+    normalised (the training targets: the vocabulary holds normalised answers, which the
+    official rule would score 0 on questions whose ten answers are the same raw string)."""
     index = {a: i for i, a in enumerate(vocab)}
     scores = torch.zeros(len(records), len(vocab))
     for n, r in enumerate(records):
         for a in set(M.normalize_vqa_answer(x) for x in r["answers"]):
             if a in index:
-                scores[n, index[a]] = M.vqa_accuracy(a, r["answers"])
+                scores[n, index[a]] = M.vqa_accuracy(a, r["answers"], "normalized")
     return scores
 
 
@@ -99,12 +101,16 @@ def question_features(model, records, *, band=None, layout="top", layer="pre_log
 
 def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logits",
                  max_answers=NUM_ANSWERS, hidden=0, epochs=100, lr=1e-2, weight_decay=1e-4,
-                 batch_size=64, num_workers=0, seed=0, precision="fp32", progress=False):
-    """Train the answer classifier on `train`, report VQA accuracy on `test`.
+                 batch_size=64, num_workers=0, seed=0, precision="fp32", progress=False,
+                 answer_rule="official"):
+    """Train the answer classifier on `train`, report VQA accuracy on `test`, compared by
+    `answer_rule` (clippo.eval.metrics.VQA_RULES: "official", vqaEval.py's, by default).
 
     Records: {"question", "image" (path or uint8 tensor), "answers": [human answers]} and
     optionally "answer_type" (VQAv2) or "kind" (built-in) for a per-type breakdown.
     """
+    if answer_rule not in M.VQA_RULES:
+        raise ValueError(f"answer_rule must be one of {M.VQA_RULES}, got {answer_rule!r}")
     model.eval()
     vocab = answer_vocabulary(train, max_answers)
     if not vocab:
@@ -123,7 +129,8 @@ def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logi
     f_test, kept_test, skipped_test = question_features(model, test, desc="test", **kw)
     pred = head(f_test).argmax(1).tolist() if len(kept_test) else []
     answers = [vocab[p] for p in pred]
-    per_question = [M.vqa_accuracy(a, test[i]["answers"]) for a, i in zip(answers, kept_test)]
+    per_question = [M.vqa_accuracy(a, test[i]["answers"], answer_rule)
+                    for a, i in zip(answers, kept_test)]
     out = {"vqa_accuracy": float(np.mean(per_question)) if per_question else float("nan")}
     types = {}
     for acc, i in zip(per_question, kept_test):
@@ -132,7 +139,7 @@ def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logi
             types.setdefault(t, []).append(acc)
     if types:
         out["per_answer_type"] = {t: float(np.mean(v)) for t, v in sorted(types.items())}
-    out.update(num_answers=len(vocab), num_train=len(kept_train), num_test=len(kept_test),
-               train_unanswerable=int((~answerable).sum()), skipped_train=list(skipped_train),
-               skipped=list(skipped_test))
+    out.update(answer_rule=answer_rule, num_answers=len(vocab), num_train=len(kept_train),
+               num_test=len(kept_test), train_unanswerable=int((~answerable).sum()),
+               skipped_train=list(skipped_train), skipped=list(skipped_test))
     return out

@@ -2,13 +2,19 @@
 
 Public functions (stable signatures; the model calls only these):
 
-    patch_embed(images, weight, bias, pos_embed=None) -> tokens [B, N, D]
+    patch_embed(images, weight, bias, pos_embed=None, patch_index=None) -> tokens [B, N, D]
         images: [B, C, H, W] float (already in [-1, 1]) or uint8 in [0, 255], normalised
         on the fly as x / 255 * 2 - 1 (big_vision's value_range(-1, 1)); any strides, including
         the renderer's stride-0 channel view; weight: [D, C, P, P] (nn.Conv2d layout),
         bias: [D] or None, pos_embed: [N, D] or [1, N, D] or None. Output dtype = weight dtype.
         Differentiable in weight, bias, pos_embed and float images. Under torch.autocast the
         float inputs are cast to the autocast dtype (as conv2d would be).
+        patch_index: int32/int64 [B, L] of row-major patch numbers (negative = padding):
+        tokens [B, L, D] of those patches only, each with its own position embedding, read
+        straight from the (uint8) images; a padding slot's token is zero.
+    ink_index(ink, *, min_length=0, multiple_of=1) -> (patch_index [B, L] int32, lengths [B])
+        the renderer's bool ink mask [B, N] as a patch_index: each row's ink patches first, in
+        row-major order, -1 after; L = the longest row (at least min_length, rounded up).
     attention(q, k, v, scale=None, lengths=None) -> [B, H, Lq, Dh]
         non-causal softmax attention, the semantics of F.scaled_dot_product_attention
         (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v. lengths: int [B], each
@@ -40,8 +46,8 @@ attention with a head dim above 128 or v's head dim != q's, and float64.
 
 Registered ops (torch.library, with autograd where marked, fake and CPU kernels; the CPU
 kernel of each is its torch reference, `<module>.<op>_ref`):
-    clippo::patch_embed(images, weight, bias?, pos_embed?) -> tokens              (autograd)
-    clippo::patch_embed_grad_weight(images, grad_out, patch) -> grad weight
+    clippo::patch_embed(images, weight, bias?, pos_embed?, patch_index?) -> tokens (autograd)
+    clippo::patch_embed_grad_weight(images, grad_out, patch, patch_index?) -> grad weight
     clippo::attention_fwd(q, k, v, scale, lengths?) -> (out, lse2)               (autograd)
     clippo::attention_bwd(grad, q, k, v, out, lse2, scale, lengths?) -> (dq, dk, dv)
     clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)              (autograd)
@@ -72,7 +78,7 @@ _attn = importlib.import_module(".attention", __name__)
 _ln = importlib.import_module(".layer_norm", __name__)
 _lin = importlib.import_module(".linear", __name__)
 
-__all__ = ["patch_embed", "attention", "layer_norm", "linear", "get_backend", "set_backend",
+__all__ = ["patch_embed", "ink_index", "attention", "layer_norm", "linear", "get_backend", "set_backend",
            "use_backend", "get_fusions", "set_fusions", "use_fusions", "BACKENDS",
            "OPTIONAL_KERNELS", "HAS_TRITON", "TRITON_VERSIONS"]
 
@@ -90,11 +96,15 @@ def _autocast(*tensors):
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
-def patch_embed(images, weight, bias, pos_embed=None):
-    """Patch embedding [B, C, H, W] -> [B, N, D]; see the module docstring."""
+def patch_embed(images, weight, bias, pos_embed=None, patch_index=None):
+    """Patch embedding [B, C, H, W] -> [B, N, D] (with patch_index [B, L]: [B, L, D]); see
+    the module docstring."""
     if weight.dtype in _KERNEL_DTYPES and use_ops(images, weight):
-        return _pe.patch_embed_op(*_autocast(images, weight, bias, pos_embed))
-    return _pe.patch_embed_ref(images, weight, bias, pos_embed)
+        return _pe.patch_embed_op(*_autocast(images, weight, bias, pos_embed), patch_index)
+    return _pe.patch_embed_ref(images, weight, bias, pos_embed, patch_index)
+
+
+ink_index = _pe.ink_index
 
 
 def attention(q, k, v, scale=None, lengths=None):

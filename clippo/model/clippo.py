@@ -128,10 +128,12 @@ class CLIPPO(nn.Module):
 
     def render_texts(self, texts, device=None):
         """(uint8 images [B, 3, S, S], keep mask or None) of strings rendered on `device`
-        (default: the model's), the mask as `text_tokens` asks."""
+        (default: the model's), the mask as `text_tokens` asks: for "ink" the renderer's,
+        from the layout."""
         with torch.no_grad():  # rendering has no gradient
-            images = self.renderer(device)(texts)
-            return images, self.text_keep(images)
+            if self.text_tokens == "all":
+                return self.renderer(device)(texts), None
+            return self.renderer(device)(texts, ink_patch_size=self.img.patch_size)
 
     def renderer(self, device=None):
         """The TextRenderer for `render_config` on `device` (default: the model's), cached."""

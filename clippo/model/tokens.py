@@ -10,15 +10,15 @@ only, each with its own position embedding. Two uses:
     patches during training.
 
 Images with different token counts are batched by padding: `keep_index` turns the mask into
-`patch_index` int64 [B, L] (the kept patches first, in raster order, then -1 padding) and
-`lengths` int64 [B]; attention masks the padded keys, the MAP head pools over the kept tokens
-only. An image with nothing kept (the empty string renders no ink) keeps one token, patch 0
+`patch_index` [B, L] (the kept patches first, in raster order, then -1 padding) and `lengths`
+[B]; clippo.kernels.patch_embed embeds the indexed patches straight from the (uint8) images,
+attention masks the padded keys, the MAP head pools over the kept tokens only. An image with nothing kept (the empty string renders no ink) keeps one token, patch 0
 (the top-left patch, which for a text holds only background): its embedding is that of a
 blank page, not undefined.
 """
 import torch
 
-from clippo.kernels.patch_embed import _normalise
+from clippo import kernels
 
 EMPTY_KEEPS = 0  # the patch an image with nothing kept keeps: one token, not none
 
@@ -27,8 +27,8 @@ def pixel_ink(images, patch_size, background):
     """bool [B, N]: which patches of rendered texts hold any pixel other than `background`.
 
     images: [B, C, H, W] uint8, or float in [-1, 1] (the uint8 pixels x / 255 * 2 - 1, which
-    round back exactly). The reference for the renderer's layout masks and the fallback for
-    text images rendered elsewhere.
+    round back exactly). For text images rendered elsewhere (strings get the renderer's
+    layout masks, which equal this scan).
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -44,47 +44,15 @@ def pixel_ink(images, patch_size, background):
 
 
 def keep_index(keep):
-    """bool [B, N] -> (patch_index int64 [B, L], lengths int64 [B]), L = the longest row.
-
-    Each row lists its kept patches in raster order, then -1; a row with nothing kept keeps
-    patch EMPTY_KEEPS (length 1).
-    """
+    """bool [B, N] -> (patch_index int32 [B, L], lengths int32 [B]), L = the longest row:
+    clippo.kernels.ink_index, except that a row with nothing kept keeps patch EMPTY_KEEPS
+    (length 1), so that every image has a token to pool."""
     if keep.dim() != 2 or keep.dtype != torch.bool:
         raise ValueError(f"keep must be a bool mask [B, N], got {keep.dtype} "
                          f"{tuple(keep.shape)}")
     keep = keep.clone()
     keep[~keep.any(1), EMPTY_KEEPS] = True
-    lengths = keep.sum(1)
-    longest = int(lengths.max()) if keep.shape[0] else 1
-    # stable sort of "not kept": the kept patches move to the front in their raster order
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :longest]
-    slots = torch.arange(longest, device=keep.device)
-    patch_index = torch.where(slots < lengths[:, None], order, torch.full_like(order, -1))
-    return patch_index, lengths
-
-
-def patch_embed_kept(images, weight, bias, pos_embed, patch_index):
-    """Tokens of the indexed patches only: [B, L, D] in weight.dtype, zero where index = -1.
-
-    The torch reference of the patch embedding with an index: each kept patch's pixels are
-    gathered (uint8 normalised as x / 255 * 2 - 1, as clippo.kernels.patch_embed), projected
-    with the conv kernel, and given its own position embedding.
-    """
-    b, c, h, w = images.shape
-    d, _, p, _ = weight.shape
-    grid_w = w // p
-    valid = patch_index >= 0
-    index = patch_index.clamp(min=0)
-    rows, cols = index // grid_w, index % grid_w
-    patches = images.unfold(2, p, p).unfold(3, p, p)  # [B, C, H/p, W/p, p, p], a view
-    batch = torch.arange(b, device=images.device)[:, None]
-    pixels = patches[batch, :, rows, cols]  # [B, L, C, p, p]
-    x = _normalise(pixels, weight.dtype).reshape(b, index.shape[1], c * p * p)
-    x = torch.nn.functional.linear(x, weight.reshape(d, -1),
-                                   None if bias is None else bias.to(weight.dtype))
-    if pos_embed is not None:
-        x = x + pos_embed.reshape(-1, d).to(x.dtype)[index]
-    return x.masked_fill(~valid[..., None], 0)
+    return kernels.ink_index(keep)
 
 
 def random_keep(rows, num_patches, fraction_dropped, device=None):

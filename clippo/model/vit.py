@@ -359,10 +359,9 @@ class ViT(nn.Module):
     def forward_tokens(self, x, patch_index):
         """Encode each image from its indexed patches: patch_index int [B, L] (kept patches
         first, then -1; every row keeps at least one). Returns [B, num_classes or D]."""
-        from clippo.model.tokens import patch_embed_kept
         lengths = (patch_index >= 0).sum(1)
-        x = patch_embed_kept(x, self.embedding.weight, self.embedding.bias, self.pos_embedding,
-                             patch_index)
+        x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias,
+                                self.pos_embedding, patch_index=patch_index)
         if bool((lengths == patch_index.shape[1]).all()):
             lengths = None  # rows of one length (patch dropout): no padding, no mask
         x = self._pool(self.Transformer(x, lengths=lengths), lengths)

@@ -372,6 +372,24 @@ def render_tables(atlas, cfg):
     return shaded, cols.astype(np.int32)
 
 
+def ink_table(shaded, background):
+    """Per-glyph ink bits of a shaded atlas [G, h, w], for the renderer's patch ink masks.
+
+    Returns int64 [G, h, ceil(w / 64)]: bit c % 64 of word c // 64 of row r of glyph g is set
+    where shaded[g, r, c] != background (a pixel that differs from the background is ink, so
+    with text_brightness == background_brightness nothing is).
+    """
+    g, h, w = shaded.shape
+    words = -(-w // 64)
+    out = np.empty((g, h, words * 8), np.uint8)
+    chunk = max(1, (64 << 20) // (h * words * 64))  # bounds the bool temporaries
+    for lo in range(0, g, chunk):
+        inked = np.zeros((min(chunk, g - lo), h, words * 64), bool)
+        inked[..., :w] = shaded[lo:lo + chunk] != background
+        out[lo:lo + chunk] = np.packbits(inked, axis=-1, bitorder="little")
+    return out.view("<i8")
+
+
 def _kept_columns(coverage, cfg):
     """first | width << 16 for each cell: the reference's trim to the ink, or the full cell."""
     g, _, w = coverage.shape

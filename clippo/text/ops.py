@@ -38,6 +38,29 @@ def rasterize(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
                                               background)
 
 
+def render_text_ink(text, offsets, cmap, glyph_cols, atlas, ink_rows, image_size, max_chars, lower,
+                    background, patch_size, word_wrap=False):
+    """render_text and its patch ink mask: (uint8 [B, S, S], bool [B, (S // patch_size)**2])."""
+    return torch.ops.clippo.render_text_ink.default(text, offsets, cmap, glyph_cols, atlas,
+                                                    ink_rows, image_size, max_chars, lower,
+                                                    background, patch_size, word_wrap)
+
+
+def render_text_ink_into(text, offsets, cmap, glyph_cols, atlas, ink_rows, image_size, max_chars,
+                         lower, background, patch_size, out, ink, word_wrap=False):
+    """render_text_ink into preallocated `out` uint8 [B, S, S] and `ink` bool [B, P]."""
+    torch.ops.clippo.render_text_ink_into.default(text, offsets, cmap, glyph_cols, atlas,
+                                                  ink_rows, image_size, max_chars, lower,
+                                                  background, patch_size, out, ink, word_wrap)
+    return out, ink
+
+
+def patch_ink(glyphs, row_offsets, glyph_cols, ink_rows, image_size, patch_size, pin_memory=False):
+    """The patch ink mask of a host layout (what `rasterize` draws): bool [B, P]."""
+    return torch.ops.clippo.patch_ink.default(glyphs, row_offsets, glyph_cols, ink_rows,
+                                              image_size, patch_size, pin_memory)
+
+
 def empty_cache():
     """Free the cached output blocks of CPU rendering (kept for reuse by later batches)."""
     torch.ops.clippo.empty_image_cache.default()
@@ -72,3 +95,29 @@ def _layout_text_fake(text, offsets, cmap, glyph_cols, image_size, cell_h, max_c
 def _rasterize_fake(glyphs, row_offsets, glyph_cols, atlas, image_size, background):
     batch = (row_offsets.shape[0] - 1) // _rows(image_size, atlas.shape[1])
     return atlas.new_empty((batch, image_size, image_size))
+
+
+def _patches(image_size, patch_size):
+    return (image_size // patch_size) ** 2
+
+
+@torch.library.register_fake("clippo::render_text_ink")
+def _render_text_ink_fake(text, offsets, cmap, glyph_cols, atlas, ink_rows, image_size, max_chars,
+                          lower, background, patch_size, word_wrap=False):
+    batch = offsets.shape[0] - 1
+    return (text.new_empty((batch, image_size, image_size), dtype=torch.uint8),
+            text.new_empty((batch, _patches(image_size, patch_size)), dtype=torch.bool))
+
+
+@torch.library.register_fake("clippo::render_text_ink_into")
+def _render_text_ink_into_fake(text, offsets, cmap, glyph_cols, atlas, ink_rows, image_size,
+                               max_chars, lower, background, patch_size, out, ink,
+                               word_wrap=False):
+    return None
+
+
+@torch.library.register_fake("clippo::patch_ink")
+def _patch_ink_fake(glyphs, row_offsets, glyph_cols, ink_rows, image_size, patch_size,
+                    pin_memory=False):
+    batch = (row_offsets.shape[0] - 1) // _rows(image_size, ink_rows.shape[1])
+    return glyphs.new_empty((batch, _patches(image_size, patch_size)), dtype=torch.bool)

@@ -14,6 +14,7 @@ the tensor is an expanded view with channel stride 0, which saves two thirds of 
 traffic. Call `.contiguous()` before writing into it in place.
 """
 import functools
+import operator
 import threading
 
 import numpy as np
@@ -78,6 +79,12 @@ def _tables_for_atlas(atlas, cfg):
         raise ValueError(f"image_size={cfg.image_size} must be larger than the widest glyph "
                          f"({max_width} px) for the text to wrap")
     return atlas, torch.from_numpy(atlas.cmap), torch.from_numpy(cols), torch.from_numpy(shaded)
+
+
+@functools.lru_cache(maxsize=16)
+def _ink_table_for_atlas(atlas, cfg):
+    shaded = _tables_for_atlas(atlas, cfg)[3]
+    return torch.from_numpy(atlas_lib.ink_table(shaded.numpy(), cfg.background_brightness))
 
 
 class TextRenderer:
@@ -170,13 +177,38 @@ class TextRenderer:
                     self._device_tables[device] = tables
         return tables
 
-    def __call__(self, texts, *, out=None):
+    def _ink_table(self):
+        return _ink_table_for_atlas(self.atlas, self.config)
+
+    def _check_ink_patch_size(self, ink_patch_size):
+        if ink_patch_size is None:
+            return None
+        size = self.config.image_size
+        try:
+            if isinstance(ink_patch_size, bool):
+                raise TypeError
+            patch = operator.index(ink_patch_size)
+        except TypeError:
+            raise ValueError(f"ink_patch_size must be an int dividing image_size={size}, "
+                             f"got {ink_patch_size!r}") from None
+        if patch < 1 or size % patch:
+            raise ValueError(f"ink_patch_size={patch} must divide image_size={size}")
+        return patch
+
+    def __call__(self, texts, *, out=None, ink_patch_size=None):
         """Render a list of str/bytes (a single str is a batch of one).
 
         out: optional preallocated contiguous uint8 tensor [B, S, S] or [B, 1, S, S] on the
         CPU to draw into; reusing one buffer across calls skips the page faults of fresh
         memory, the largest cost of rendering on the CPU. The result is a view of it.
+        ink_patch_size: an int p dividing image_size: return (images, ink), where ink is a
+        bool tensor [B, (S // p) ** 2] on the images' device, True for each p x p patch (in
+        row-major order, a ViT's token order) holding a pixel != background_brightness. It
+        is computed from the layout and a per-glyph ink table, not from the pixels, and
+        equals a scan of the images; with text_brightness == background_brightness nothing
+        is ink.
         """
+        patch = self._check_ink_patch_size(ink_patch_size)
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             texts = [texts]
         elif not hasattr(texts, "__len__"):
@@ -195,18 +227,35 @@ class TextRenderer:
             if tuple(out.shape) not in (shape, (shape[0], 1) + shape[1:]) or not out.is_contiguous():
                 raise ValueError(f"out must be contiguous with shape [B, S, S] or [B, 1, S, S] = "
                                  f"{list(shape)}, got {list(out.shape)}")
-            gray = self._ops.render_text_into(text, offsets, self._cmap, self._cols, self._shaded,
-                                              c.image_size, max_chars, c.lower,
-                                              c.background_brightness, out.view(shape),
-                                              c.word_wrap)
+            if patch is None:
+                gray = self._ops.render_text_into(text, offsets, self._cmap, self._cols,
+                                                  self._shaded, c.image_size, max_chars, c.lower,
+                                                  c.background_brightness, out.view(shape),
+                                                  c.word_wrap)
+            else:
+                ink = torch.empty((len(texts), (c.image_size // patch) ** 2), dtype=torch.bool)
+                gray, ink = self._ops.render_text_ink_into(
+                    text, offsets, self._cmap, self._cols, self._shaded, self._ink_table(),
+                    c.image_size, max_chars, c.lower, c.background_brightness, patch,
+                    out.view(shape), ink, c.word_wrap)
         elif self.device.type == "cpu":
-            gray = self._ops.render_text(text, offsets, self._cmap, self._cols, self._shaded,
-                                         c.image_size, max_chars, c.lower,
-                                         c.background_brightness, c.word_wrap)
+            if patch is None:
+                gray = self._ops.render_text(text, offsets, self._cmap, self._cols, self._shaded,
+                                             c.image_size, max_chars, c.lower,
+                                             c.background_brightness, c.word_wrap)
+            else:
+                gray, ink = self._ops.render_text_ink(
+                    text, offsets, self._cmap, self._cols, self._shaded, self._ink_table(),
+                    c.image_size, max_chars, c.lower, c.background_brightness, patch,
+                    c.word_wrap)
         else:
             glyphs, rows = self._ops.layout_text(text, offsets, self._cmap, self._cols,
                                                  c.image_size, self.cell_height, max_chars,
                                                  c.lower, pin_memory=True, word_wrap=c.word_wrap)
+            if patch is not None:  # the host layout's mask: the same bits as the CPU render's
+                ink = self._ops.patch_ink(glyphs, rows, self._cols, self._ink_table(),
+                                          c.image_size, patch, pin_memory=True)
+                ink = ink.to(self.device, non_blocking=True)
             cols, shaded = self._tables_on(self.device)
             gray = self._ops.rasterize(glyphs.to(self.device, non_blocking=True),
                                        rows.to(self.device, non_blocking=True), cols, shaded,
@@ -216,7 +265,7 @@ class TextRenderer:
             gray = gray.to(torch.float32).div_(255).mul_(2).sub_(1).to(self.dtype)
         if self.channels == 3:
             gray = gray.expand(-1, 3, -1, -1)
-        return gray
+        return gray if patch is None else (gray, ink)
 
 
 def _rebuild(kwargs):
@@ -228,6 +277,7 @@ def _cached_renderer(items):
     return TextRenderer(**dict(items))
 
 
-def render(texts, **kwargs):
-    """One call: `render(texts, **TextRenderer kwargs)`; renderers are cached per kwargs."""
-    return _cached_renderer(tuple(sorted(kwargs.items())))(texts)
+def render(texts, *, ink_patch_size=None, **kwargs):
+    """One call: `render(texts, **TextRenderer kwargs)`; renderers are cached per kwargs.
+    With ink_patch_size, returns (images, ink) as TextRenderer.__call__ does."""
+    return _cached_renderer(tuple(sorted(kwargs.items())))(texts, ink_patch_size=ink_patch_size)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "render/ink.h"
 #include "render/layout.h"
 #include "render/parallel.h"
 #include "render/raster_band.h"
@@ -110,10 +111,44 @@ void for_each_string(const TextBatch& t, Fn&& fn) {
 
 }  // namespace
 
-void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
-                          const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
-                          int64_t max_chars, bool lower, int64_t background, at::Tensor& out,
-                          bool word_wrap) {
+namespace {
+
+// Checks an ink table (int64 [G, cell_h, words], see render/ink.h) against the atlas tables
+// and the patch size; returns the table's view for mark_glyph_ink.
+InkTable check_ink_table(const at::Tensor& ink_rows, int64_t num_glyphs, int64_t cell_h,
+                         int64_t cell_w, int64_t image_size, int64_t patch_size) {
+  CLIPPO_CHECK_CPU(ink_rows);
+  CLIPPO_CHECK_DTYPE(ink_rows, at::kLong);
+  CLIPPO_CHECK_DIM(ink_rows, 3);
+  TORCH_CHECK(ink_rows.is_contiguous(), "ink_rows must be contiguous");
+  const int64_t words = (cell_w + 63) / 64;
+  TORCH_CHECK(ink_rows.size(0) == num_glyphs && ink_rows.size(1) == cell_h &&
+                  ink_rows.size(2) == words && words <= kMaxInkWords,
+              "ink_rows must have shape [", num_glyphs, ", ", cell_h, ", ", words,
+              "] (glyphs, cell rows, 64-bit words per row), got ", ink_rows.sizes());
+  TORCH_CHECK(patch_size >= 1 && image_size % patch_size == 0, "patch_size ", patch_size,
+              " must be positive and divide image_size ", image_size);
+  return InkTable{reinterpret_cast<const uint64_t*>(ink_rows.data_ptr<int64_t>()),
+                  static_cast<int32_t>(words), static_cast<int32_t>(cell_h),
+                  static_cast<int32_t>(image_size), static_cast<int32_t>(patch_size),
+                  static_cast<int32_t>(image_size / patch_size)};
+}
+
+void check_ink_out(const at::Tensor& ink, int64_t batch, int64_t grid) {
+  CLIPPO_CHECK_CPU(ink);
+  CLIPPO_CHECK_DTYPE(ink, at::kBool);
+  TORCH_CHECK(ink.dim() == 2 && ink.size(0) == batch && ink.size(1) == grid * grid &&
+                  ink.is_contiguous(),
+              "ink must be a contiguous bool tensor of shape [", batch, ", ", grid * grid,
+              "], got ", ink.sizes());
+}
+
+// The one-pass render; with `ink_rows` defined, also the patch ink mask (render/ink.h).
+void render_text_impl(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
+                      const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
+                      int64_t max_chars, bool lower, int64_t background, at::Tensor& out,
+                      bool word_wrap, const at::Tensor* ink_rows, int64_t patch_size,
+                      at::Tensor* ink) {
   const TextBatch t = check_text(text, offsets);
   check_cmap(cmap);
   CLIPPO_CHECK_CPU(atlas);
@@ -134,15 +169,127 @@ void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, con
   const LayoutParams p{S, cell_h, max_chars, lower, num_glyphs, word_wrap};
   std::atomic<bool> too_narrow{false};
   const int32_t* cm = cmap.data_ptr<int32_t>();
-  for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
-    uint8_t* img = out_ptr + b * S * S;
-    std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
-    const bool ok = layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& item) {
-      blit_glyph(img, S, atlas_ptr, atlas_end, cell_h, cell_w, cols, item);
+  if (ink_rows == nullptr) {
+    for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
+      uint8_t* img = out_ptr + b * S * S;
+      std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
+      const bool ok = layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& item) {
+        blit_glyph(img, S, atlas_ptr, atlas_end, cell_h, cell_w, cols, item);
+      });
+      if (!ok) too_narrow = true;
     });
-    if (!ok) too_narrow = true;
-  });
+  } else {
+    const InkTable table = check_ink_table(*ink_rows, num_glyphs, cell_h, cell_w, image_size,
+                                           patch_size);
+    check_ink_out(*ink, t.batch, table.grid);
+    uint8_t* ink_ptr = reinterpret_cast<uint8_t*>(ink->data_ptr<bool>());
+    const int64_t patches = static_cast<int64_t>(table.grid) * table.grid;
+    for_each_string(t, [&](int64_t b, const uint8_t* s, int64_t n, std::vector<int32_t>& scratch) {
+      uint8_t* img = out_ptr + b * S * S;
+      uint8_t* mask = ink_ptr + b * patches;
+      std::memset(img, static_cast<int>(background), static_cast<size_t>(S) * S);
+      std::memset(mask, 0, static_cast<size_t>(patches));
+      const bool ok = layout_string(s, n, cm, cols, p, scratch, [&](const GlyphItem& item) {
+        blit_glyph(img, S, atlas_ptr, atlas_end, cell_h, cell_w, cols, item);
+        mark_item_ink(mask, table, cols, item);
+      });
+      if (!ok) too_narrow = true;
+    });
+  }
   TORCH_CHECK(!too_narrow, "image_size ", image_size, " is not wider than the widest glyph");
+}
+
+}  // namespace
+
+void render_text_into_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
+                          const at::Tensor& glyph_cols, const at::Tensor& atlas, int64_t image_size,
+                          int64_t max_chars, bool lower, int64_t background, at::Tensor& out,
+                          bool word_wrap) {
+  render_text_impl(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
+                   background, out, word_wrap, nullptr, 0, nullptr);
+}
+
+void render_text_ink_into_cpu(const at::Tensor& text, const at::Tensor& offsets,
+                              const at::Tensor& cmap, const at::Tensor& glyph_cols,
+                              const at::Tensor& atlas, const at::Tensor& ink_rows,
+                              int64_t image_size, int64_t max_chars, bool lower,
+                              int64_t background, int64_t patch_size, at::Tensor& out,
+                              at::Tensor& ink, bool word_wrap) {
+  render_text_impl(text, offsets, cmap, glyph_cols, atlas, image_size, max_chars, lower,
+                   background, out, word_wrap, &ink_rows, patch_size, &ink);
+}
+
+std::tuple<at::Tensor, at::Tensor> render_text_ink_cpu(
+    const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
+    const at::Tensor& glyph_cols, const at::Tensor& atlas, const at::Tensor& ink_rows,
+    int64_t image_size, int64_t max_chars, bool lower, int64_t background, int64_t patch_size,
+    bool word_wrap) {
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "offsets must hold batch + 1 entries");
+  TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
+              image_size);
+  TORCH_CHECK(patch_size >= 1 && image_size % patch_size == 0, "patch_size ", patch_size,
+              " must be positive and divide image_size ", image_size);
+  const int64_t batch = offsets.size(0) - 1, grid = image_size / patch_size;
+  at::Tensor out = empty_images(batch, image_size);
+  at::Tensor ink = at::empty({batch, grid * grid}, at::TensorOptions().dtype(at::kBool));
+  render_text_ink_into_cpu(text, offsets, cmap, glyph_cols, atlas, ink_rows, image_size,
+                           max_chars, lower, background, patch_size, out, ink, word_wrap);
+  return {out, ink};
+}
+
+at::Tensor patch_ink_cpu(const at::Tensor& glyphs, const at::Tensor& row_offsets,
+                         const at::Tensor& glyph_cols, const at::Tensor& ink_rows,
+                         int64_t image_size, int64_t patch_size, bool pin_memory) {
+  CLIPPO_CHECK_CPU(glyphs);
+  CLIPPO_CHECK_CPU(row_offsets);
+  CLIPPO_CHECK_CPU(glyph_cols);
+  CLIPPO_CHECK_DTYPE(glyph_cols, at::kInt);
+  TORCH_CHECK(glyph_cols.dim() == 1 && glyph_cols.is_contiguous() && glyph_cols.size(0) >= 1,
+              "glyph_cols must be a contiguous non-empty 1-D tensor");
+  TORCH_CHECK(image_size >= 1 && image_size <= 32767, "image_size must be in [1, 32767], got ",
+              image_size);
+  CLIPPO_CHECK_DIM(ink_rows, 3);
+  const int64_t num_glyphs = glyph_cols.size(0), cell_h = ink_rows.size(1);
+  TORCH_CHECK(cell_h >= 1, "ink_rows must have at least one row per glyph");
+  const InkTable table = check_ink_table(ink_rows, num_glyphs, cell_h, 64 * ink_rows.size(2),
+                                         image_size, patch_size);
+  const int32_t* cols = glyph_cols.data_ptr<int32_t>();
+  for (int64_t g = 0; g < num_glyphs; ++g) {
+    const int32_t first = cols_first(cols[g]), width = cols_width(cols[g]);
+    TORCH_CHECK(width >= 0 && first + width <= 64 * table.words,
+                "glyph_cols[", g, "] keeps columns outside its ink_rows");
+  }
+  const int64_t rows = visible_rows(image_size, cell_h);
+  TORCH_CHECK(row_offsets.numel() >= 1 && (row_offsets.numel() - 1) % rows == 0,
+              "row_offsets must have batch * ", rows, " + 1 entries, got ", row_offsets.numel());
+  const int64_t batch = (row_offsets.numel() - 1) / rows;
+  check_layout(glyphs, row_offsets, batch * rows);
+  const int64_t patches = static_cast<int64_t>(table.grid) * table.grid;
+  at::Tensor ink = at::zeros({batch, patches},
+                             at::TensorOptions().dtype(at::kBool).pinned_memory(pin_memory));
+  uint8_t* ink_ptr = reinterpret_cast<uint8_t*>(ink.data_ptr<bool>());
+  const int32_t* gp = glyphs.data_ptr<int32_t>();
+  const int32_t* rp = row_offsets.data_ptr<int32_t>();
+  const int64_t num_items = glyphs.size(0);
+  // What `rasterize` draws: a band's items (its offsets clamped to the layout), at the band's
+  // row whatever their y, bad glyph ids as the empty glyph 0.
+  parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t band = b * rows + r;
+        const int64_t lo = std::max<int64_t>(rp[band], 0);
+        const int64_t hi = std::min<int64_t>(rp[band + 1], num_items);
+        for (int64_t k = lo; k < hi; ++k) {
+          int32_t g = gp[2 * k];
+          if (g < 0 || g >= num_glyphs) g = 0;
+          mark_glyph_ink(ink_ptr + b * patches, table, g, cols_first(cols[g]),
+                         cols_width(cols[g]), gp[2 * k + 1] & 0xFFFF,
+                         static_cast<int32_t>(r * cell_h));
+        }
+      }
+    }
+  });
+  return ink;
 }
 
 at::Tensor render_text_cpu(const at::Tensor& text, const at::Tensor& offsets, const at::Tensor& cmap,
@@ -267,6 +414,9 @@ TORCH_LIBRARY_IMPL(clippo, CPU, m) {
   m.impl("render_text_into", &render_text_into_cpu);
   m.impl("layout_text", &layout_text_cpu);
   m.impl("rasterize", &rasterize_cpu);
+  m.impl("render_text_ink", &render_text_ink_cpu);
+  m.impl("render_text_ink_into", &render_text_ink_into_cpu);
+  m.impl("patch_ink", &patch_ink_cpu);
 }
 
 }  // namespace clippo

@@ -1,12 +1,14 @@
 // C++-level tests of the torch-free layout core (csrc/render/layout.h): UTF-8 decoding and
 // the reference's trimming/wrapping on a tiny hand-made atlas; and of the band rasterizer
-// (csrc/render/raster_band.h) under every order of its threads. Built by CMakeLists.txt.
+// (csrc/render/raster_band.h) under every order of its threads; patch ink masks from the layout
+// (csrc/render/ink.h) against a scan of the drawn pixels. Built by CMakeLists.txt.
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "render/ink.h"
 #include "render/layout.h"
 #include "render/raster_band.h"
 
@@ -188,11 +190,94 @@ static void test_band_overlap_any_thread_order() {
   EXPECT_EQ(orders, 120);
 }
 
+// Random atlases (cells with blank rows and columns, pixels equal to the background inside
+// the ink's extent), random strings, both wraps, every patch size dividing the image: the mask
+// from the layout equals a scan of the image blit_glyph draws, patch by patch.
+static void test_ink_masks_equal_pixel_scan(int32_t cell_h, int32_t cell_w) {
+  uint32_t seed = 12345u + static_cast<uint32_t>(cell_w);
+  auto rnd = [&](uint32_t n) { seed = seed * 1664525u + 1013904223u; return (seed >> 8) % n; };
+  const int32_t G = 7;
+  const uint8_t bg = 100;
+  std::vector<uint8_t> atlas(static_cast<size_t>(G) * cell_h * cell_w, bg);
+  std::vector<int32_t> cols(G);
+  const int32_t words = (cell_w + 63) / 64;
+  std::vector<uint64_t> ink_rows(static_cast<size_t>(G) * cell_h * words, 0);
+  for (int32_t g = 1; g < G; ++g) {  // glyph 0 stays empty
+    for (int32_t i = 0; i < cell_h * cell_w; ++i) {
+      if (rnd(100) < 12) atlas[g * cell_h * cell_w + i] = static_cast<uint8_t>(rnd(2) ? 0 : 250);
+    }
+  }
+  for (int32_t g = 0; g < G; ++g) {
+    const int32_t first = static_cast<int32_t>(rnd(cell_w / 2));
+    const int32_t width = 1 + static_cast<int32_t>(rnd(cell_w - first));
+    cols[g] = first | width << 16;
+    for (int32_t r = 0; r < cell_h; ++r)
+      for (int32_t c = 0; c < cell_w; ++c)
+        if (atlas[(g * cell_h + r) * cell_w + c] != bg)
+          ink_rows[(g * cell_h + r) * words + c / 64] |= uint64_t{1} << (c % 64);
+  }
+  std::vector<int32_t> cmap(kNumCodePoints, 0);
+  for (int32_t g = 0; g < G; ++g) cmap['a' + g] = g;
+  cmap[' '] = 1;
+  std::vector<int32_t> scratch;
+  int mismatches = 0, inked = 0, blank = 0;
+  for (const int32_t S : {cell_w + 1, 2 * cell_w + 6, 96, 210}) {
+    for (const bool wrap : {false, true}) {
+      const LayoutParams p{S, cell_h, 0, false, G, wrap};
+      for (int trial = 0; trial < 6; ++trial) {
+        std::string s;
+        const uint32_t n = rnd(4 * S / cell_w + 8);
+        for (uint32_t i = 0; i < n; ++i) s += static_cast<char>(rnd(5) == 0 ? ' ' : 'a' + rnd(G));
+        std::vector<GlyphItem> items;
+        layout_string(reinterpret_cast<const uint8_t*>(s.data()), s.size(), cmap.data(),
+                      cols.data(), p, scratch, [&](const GlyphItem& it) { items.push_back(it); });
+        std::vector<uint8_t> img(static_cast<size_t>(S) * S, bg);
+        for (const auto& it : items)
+          blit_glyph(img.data(), S, atlas.data(), atlas.data() + atlas.size(), cell_h, cell_w,
+                     cols.data(), it);
+        for (int32_t patch = 1; patch <= S; ++patch) {
+          if (S % patch) continue;
+          const int32_t grid = S / patch;
+          const InkTable t{ink_rows.data(), words, cell_h, S, patch, grid};
+          std::vector<uint8_t> mask(static_cast<size_t>(grid) * grid, 0);
+          for (const auto& it : items) mark_item_ink(mask.data(), t, cols.data(), it);
+          for (int32_t py = 0; py < grid; ++py) {
+            for (int32_t px = 0; px < grid; ++px) {
+              bool any = false;
+              for (int32_t y = py * patch; y < (py + 1) * patch && !any; ++y)
+                for (int32_t x = px * patch; x < (px + 1) * patch; ++x)
+                  if (img[y * S + x] != bg) { any = true; break; }
+              mismatches += any != (mask[py * grid + px] != 0);
+              (any ? inked : blank) += 1;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(inked > 1000 && blank > 1000, 1);  // both kinds of patch were exercised
+}
+
+static void test_any_bit_in() {
+  const uint64_t w[2] = {uint64_t{1} << 63, 1};
+  EXPECT_EQ(any_bit_in(w, 0, 63), 0);
+  EXPECT_EQ(any_bit_in(w, 63, 64), 1);
+  EXPECT_EQ(any_bit_in(w, 64, 65), 1);
+  EXPECT_EQ(any_bit_in(w, 65, 128), 0);
+  EXPECT_EQ(any_bit_in(w, 0, 128), 1);
+}
+
 int main() {
   test_utf8();
   test_layout();
   test_word_wrap();
   test_band_overlap_any_thread_order();
+  test_any_bit_in();
+  test_ink_masks_equal_pixel_scan(16, 16);
+  test_ink_masks_equal_pixel_scan(9, 40);
+  test_ink_masks_equal_pixel_scan(12, 70);   // two 64-bit words per row
+  test_ink_masks_equal_pixel_scan(5, 256);   // four
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }
