@@ -131,6 +131,8 @@ def test_text_tokens_ink_follows_in_every_text_entry_point():
         torch.testing.assert_close(model.encode_text(TEXTS), want)
         torch.testing.assert_close(model.encode_text(images), want)  # pre-rendered
         torch.testing.assert_close(torch.from_numpy(model.encode(TEXTS, batch_size=2)), want)
+        from clippo.eval.common import encode_texts  # clippo eval's text path
+        torch.testing.assert_close(encode_texts(model, TEXTS, batch_size=2), want)
         wrapped, _, tokenizer = open_clip_interface(model)
         torch.testing.assert_close(wrapped.encode_text(tokenizer(TEXTS)), want)
         _, _, float_tokenizer = open_clip_interface(model, text_dtype=torch.float32)
