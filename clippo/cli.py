@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from clippo._argparse import use_help_formatter
+
 
 def _render_args(p):
     g = p.add_argument_group("rendering (defaults: the reference's)")
@@ -122,8 +124,9 @@ def main(argv=None):
     p = sub.add_parser("render", help="render text to an image file (one image, or a grid)")
     p.add_argument("text", nargs="*", help="strings to render, one image each")
     p.add_argument("-f", "--file", help="a UTF-8 text file: one image per line")
-    p.add_argument("-o", "--output", default="clippo-render.png", help="image file; its suffix "
-                   "picks the format: .png, or .jpg, .bmp, .tif, .webp, ... (with Pillow)")
+    p.add_argument("-o", "--output", "--out", default="clippo-render.png",
+                   help="image file; its suffix picks the format: .png, or .jpg, .bmp, .tif, "
+                   ".webp, ... (with Pillow)")
     p.add_argument("--columns", type=int, help="grid columns (default: about square)")
     _render_args(p)
 
@@ -136,7 +139,8 @@ def main(argv=None):
     sub.add_parser("train", help="train CLIPPO (clippo train -h)", add_help=False)
 
     p = sub.add_parser("demo", help="train a small CLIPPO on built-in data and evaluate it")
-    p.add_argument("--out", default="clippo-demo", help="folder for the report, PNGs, model")
+    p.add_argument("--output", "--out", dest="out", default="clippo-demo",
+                   help="folder for the report, PNGs, model")
     p.add_argument("--steps", type=int, help="training steps of both stages together (default: "
                    "the demo's recipe, 1500), split between them in the recipe's proportion")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image drawing)")
@@ -147,12 +151,14 @@ def main(argv=None):
                         "reference) or only those holding ink (clippo train --text-tokens)")
 
     p = sub.add_parser("bench", help="rendering and encoding speed on this machine")
-    p.add_argument("--out", default="clippo-bench", help="folder for the PNG and JSON")
+    p.add_argument("--output", "--out", dest="out", default="clippo-bench",
+                   help="folder for the PNG and JSON")
     p.add_argument("--variant", default="Ti/16", help="model size for the encode timing")
     p.add_argument("--checkpoint", help="a big_vision .npz to encode with (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--quick", action="store_true", help="smaller batches (smoke test)")
 
+    use_help_formatter(parser)
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "convert":

@@ -325,10 +325,19 @@ def save_pretrained(model, directory):
     _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
 
 
+def pretrained_dir(directory):
+    """The save_pretrained directory meant by `directory`: itself, or its model/ folder when
+    it is a `clippo train` output folder (which holds the final model there)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
+        return directory / "model"
+    return directory
+
+
 def load_pretrained(directory, model_cls, device=None):
     from safetensors import safe_open
 
-    directory = Path(directory)
+    directory = pretrained_dir(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found (written by save_pretrained)")

@@ -82,7 +82,8 @@ def test_every_batch_has_the_asked_fraction_and_pairs_cycle(pairs_file):
     batches = list(mixed)
     assert len(batches) == 10
     for b in batches:
-        assert set(b) == {"images", "texts", "texts_a", "texts_b", "skipped"}
+        assert set(b) == {"images", "texts", "texts_a", "texts_b", "skipped",
+                          "skipped_names"}
         assert b["images"].shape[0] == len(b["texts"]) == 6 and b["skipped"] == 0
         assert len(b["texts_a"]) == len(b["texts_b"]) == 2
         assert len(b["texts_a"]) / (len(b["texts"]) + len(b["texts_a"])) == 0.25

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from clippo.data import (CsvDataset, ImageDecodeError, ImageTransform, TextPairDataset,
-                         WebImageTextDataset, collate_image_text, collate_text_pairs,
-                         load_image, read_text_pairs, try_load_image)
+from clippo.data.collate import Skipped
+
+from clippo.data import (CsvDataset, DataFormatError, ImageDecodeError, ImageTransform,
+                         TextPairDataset, WebImageTextDataset, collate_image_text,
+                         collate_text_pairs, load_image, read_text_pairs, try_load_image)
 
 S = 16
 
@@ -191,10 +193,13 @@ def test_csv_custom_keys_and_skips(csv_tree):
     write_csv(root / "pairs.csv", rows)
     ds = CsvDataset(root / "pairs.csv", image_size=S, img_key="path", caption_key="caption")
     items = [ds[i] for i in range(len(ds))]
-    assert [it is None for it in items] == [False, True, True, True, True, False]
+    assert [isinstance(it, Skipped) for it in items] == [False, True, True, True, True, False]
+    assert items[3] == str(root / "imgs" / "nope.png")  # a skipped sample names its file
     loader = DataLoader(ds, batch_size=4, collate_fn=collate_image_text)
     batches = list(loader)
     assert [b["skipped"] for b in batches] == [3, 1]
+    assert batches[1]["skipped_names"] == [str(root / "imgs" / "corrupt.jpg")]
+    assert len(batches[0]["skipped_names"]) == 3 and "row 3" in batches[0]["skipped_names"][1]
     assert [b["texts"] for b in batches] == [["red"], ["blue"]]
     assert sum(b["images"].shape[0] for b in batches) == 2
 
@@ -207,7 +212,7 @@ def test_csv_errors_name_file_and_line(tmp_path):
     msg = str(e.value)
     assert "bad.csv" in msg and "'title'" in msg and "'text'" in msg and "filepath" in msg
     p.write_text("filepath,title\na.png,one\nb.png,two,extra\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:3: expected 2 fields"):
+    with pytest.raises(DataFormatError, match=r"bad\.csv:3: 3 fields, the header has 2"):
         CsvDataset(p, image_size=S)
     p.write_text("filepath,title\n\n")
     with pytest.raises(ValueError, match="no rows"):
@@ -325,7 +330,8 @@ def test_wds_skips_and_counts_bad_samples(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="clippo.data"):
         items = list(WebImageTextDataset(str(tmp_path / "b.tar"), image_size=S,
                                          shuffle_buffer=0))
-    assert [it if it is None else it[1] for it in items] == ["fine", None]  # k0, corrupt k1
+    assert [it if isinstance(it, Skipped) else it[1] for it in items] == \
+        ["fine", str(tmp_path / "b.tar") + ":k1"]  # k0, corrupt k1
     assert "skipping the rest of a shard" in caplog.text
 
 

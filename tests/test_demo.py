@@ -22,8 +22,19 @@ def demo(demo_run):
 def test_report_has_the_numbers(demo):
     out, report = demo
     for key in ("zero_shot_top1", "zero_shot_chance", "retrieval_t2i_r1", "retrieval_i2t_r1",
-                "train_seconds", "steps"):
+                "train_seconds", "steps", "zero_shot_72way_top1", "zero_shot_val_top1",
+                "retrieval_val_t2i_r1"):
         assert key in report, key
+    # the bars beside each figure, exact (tests/test_eval_baselines.py counts them by hand)
+    assert report["zero_shot_best_single_attribute"] == pytest.approx(9 / 16)
+    assert report["zero_shot_single_attribute"]["colour"] == 0.5
+    assert report["zero_shot_72way_best_single_attribute"] == pytest.approx(1 / 8)
+    assert report["zero_shot_72way_chance"] == pytest.approx(1 / 72)
+    assert report["retrieval_shapes_colour_position_reader_r1"] == pytest.approx(1 / 6)
+    # what makes the figures repeat (same machine) or not (another CPU's vector width)
+    import torch
+    assert report["torch"] == torch.__version__ and report["threads"] >= 1
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert report["steps"] == DEMO_STEPS
     assert report["zero_shot_chance"] == pytest.approx(1 / 16)
     assert report["train_seconds"] > 0
@@ -75,3 +86,12 @@ def test_model_dir_loads(demo):
     out, report = demo
     model = CLIPPO.from_pretrained(report["model_dir"])
     assert model.config["image_size"] == 80 and model.config["depth"] == 4
+
+
+def test_figure_ticks_are_round():
+    from clippo.figures import nice_ticks
+    assert nice_ticks(0, 1500) == [0, 500, 1000, 1500]
+    assert nice_ticks(0.57, 4.4) == [1, 2, 3, 4]
+    assert nice_ticks(1, 300) == [100, 200, 300]
+    assert nice_ticks(0.1, 0.13) == pytest.approx([0.1, 0.11, 0.12, 0.13])
+    assert nice_ticks(2.0, 2.0) == [2.0]

@@ -117,11 +117,14 @@ def test_fewshot_builtin(results):
 
 def test_results_table(results):
     md = results["markdown"].splitlines()
-    assert md[0] == "| task | metric | model | random init | chance |"
+    assert md[0] == "| task | metric | model | random init | chance | best single attribute |"
     assert len(md) == 2 + len(results["table"])
     row = next(r for r in results["table"] if r["task"] == "zeroshot" and r["metric"] == "acc1")
     assert row["model"] == _get(results, "zeroshot", "acc1")
     assert row["chance"] == pytest.approx(1 / 16)
+    assert row["best single attribute"] == pytest.approx(9 / 16)
+    row = next(r for r in results["table"] if r["metric"] == "acc1_72way")
+    assert row["chance"] == pytest.approx(1 / 72) and row["best single attribute"] == 1 / 8
 
 
 def test_nlu_finetune_leaves_model_unchanged(model_dir):

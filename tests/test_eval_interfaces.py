@@ -23,7 +23,7 @@ def model_dir(demo_model_dir):
 def _image_folder(root, n=64):
     """The built-in zero-shot images as PNG files in an ImageFolder tree, and the classes'
     prompts as a JSON file {class name: [prompts]}."""
-    ds, classes, prompts = BI.zeroshot_task(64, num_samples=n)
+    ds, classes, prompts = BI.zeroshot_task(64, num_samples=n, part="heldout")
     for i in range(len(ds)):
         img, label, _ = ds[i]
         d = root / classes[label].replace(" ", "_")

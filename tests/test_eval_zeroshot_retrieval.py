@@ -58,8 +58,12 @@ def test_evaluate_zeroshot_matches_manual_argmax(tiny):
     target = torch.tensor([ds[i][1] for i in range(len(ds))])
     assert out["num_samples"] == 48 and out["skipped"] == []
     assert out["acc1"] == pytest.approx((logits.argmax(1) == target).double().mean().item())
-    in_top5 = (logits.topk(5, 1).indices == target[:, None]).any(1)
-    assert out["acc5"] == pytest.approx(in_top5.double().mean().item())
+    # at 32 px a prompt shows its first words only, so classes of one colour tie exactly: a
+    # tied class of lower index ranks first (ties="first"), which topk's order does not promise
+    own = logits.gather(1, target[:, None])
+    lower = torch.arange(logits.shape[1])[None] < target[:, None]
+    rank = (logits > own).sum(1) + ((logits == own) & lower).sum(1)
+    assert out["acc5"] == pytest.approx((rank < 5).double().mean().item())
 
 
 def test_cached_classifier_renders_no_prompt_again(tiny, monkeypatch):

@@ -56,3 +56,54 @@ def test_torchrun_two_processes(tmp_path):
     assert lines[0]["loss"] == pytest.approx(want, rel=1e-5)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [ck.checkpoint_name(2),
                                                             ck.checkpoint_name(3)]
+
+
+def _rank_pid(parent, rank):
+    """The pid of torchrun's worker process with RANK=rank, or None yet."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import signal
+    import time
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "clippo.train", "--train-data", "builtin", "--train-num-samples", "64",
+           "--model", "mu/8", "--image-size", "32", "--out-dim", "16", "--batch-size", "4",
+           "--steps", "10", "--log-every", "1", "--save-every", "100", "--workers", "0",
+           "--no-progress", "--device", "cpu", "--output", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    agent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert agent.poll() is None, agent.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        os.kill(_rank_pid(agent.pid, 1), signal.SIGTERM)  # rank 1 only: rank 0 learns of it
+        _, err = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    saved = ck.list_checkpoints(tmp_path / "checkpoints")
+    assert len(saved) == 1, err[-3000:]
+    step = saved[0][0]
+    assert 2 <= step < 10 and f"stopped by SIGTERM after step {step} of 10" in err
+    ckpt = ck.load_checkpoint(saved[0][1])
+    assert len(ckpt["data"]) == 2  # both ranks' data positions, of the same step
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == \
+        list(range(1, step + 1))

@@ -1,8 +1,8 @@
 """Training data: readers (CSV/TSV, WebDataset shards, text pairs), image transforms, collates,
 the image-text / text-pair batch mixer, and the built-in synthetic data.
 
-Datasets yield (uint8 image [3, S, S], caption) or (text_a, text_b), or None for a sample to
-skip; the collates drop and count the None items. Text is never rendered here: the training
+Datasets yield (uint8 image [3, S, S], caption) or (text_a, text_b), or None (or a Skipped
+naming it) for a sample to skip; the collates drop and count those items. Text is never rendered here: the training
 step renders it on the training device. Submodules load on first use, so importing
 clippo.data pulls in neither Pillow nor webdataset.
 """
@@ -15,6 +15,7 @@ _EXPORTS = {
     "try_load_image": "clippo.data.transforms",
     "CsvDataset": "clippo.data.csv_dataset",
     "read_csv_pairs": "clippo.data.csv_dataset",
+    "DataFormatError": "clippo.data.textfiles",
     "WebImageTextDataset": "clippo.data.wds",
     "expand_shard_urls": "clippo.data.wds",
     "TextPairDataset": "clippo.data.text_pairs",

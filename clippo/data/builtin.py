@@ -116,6 +116,19 @@ def combos(split="all"):
     return pairs
 
 
+HELDOUT_PARTS = ("val", "test")
+
+
+def heldout_part(part):
+    """Half of the held-out pairs, one per colour: "val" (colour i at position 2i mod 9), for
+    choosing recipes, and "test" (colour i at position 2i + 5 mod 9), for the figures reported.
+    Each half holds every colour once and eight different positions, so neither attribute
+    alone names a pair among the 16 held-out classes, which the evaluation classifies among."""
+    _check("held-out part", part, HELDOUT_PARTS)
+    n, shift = len(POSITIONS), HELDOUT_PARTS.index(part) * 5
+    return [(c, POSITIONS[(2 * i + shift) % n]) for i, c in enumerate(COLORS)]
+
+
 def class_name(color, position):
     """A (color, position) class's short English name: "red left"."""
     return f"{_check('colour', color, COLORS)} {_check('position', position, POSITIONS)}"

@@ -6,18 +6,21 @@
 
 OpenCLIP's flags map to the arguments: --csv-separator -> sep, --csv-img-key -> img_key,
 --csv-caption-key -> caption_key. Image paths are relative to the CSV file's folder unless
-absolute. The file is parsed once at construction with the csv module (quoted fields may hold
-the separator or newlines); a missing column or a row with the wrong number of fields is a
-ValueError naming the file and line. Samples whose image is missing or undecodable, or whose
-caption is empty, come back as None (skipped and counted by the collate).
+absolute. The file is parsed once at construction by clippo.data.textfiles (the reader of
+`clippo eval` too: without --csv-separator, tab if the header holds one, else comma; quoted
+fields may hold the separator or newlines); a missing column or a row with the wrong number
+of fields is a DataFormatError (a ValueError) naming the file and line. Samples whose image
+is missing or undecodable, or whose caption is empty, come back as a Skipped naming the image
+(skipped and counted by the collate).
 """
-import csv
 import logging
 import os
 
 from torch.utils.data import Dataset
 
 from clippo.data._strings import StringTable
+from clippo.data.collate import Skipped
+from clippo.data.textfiles import DataFormatError, csv_rows, need_columns
 from clippo.data.transforms import ImageTransform, load_and_transform
 
 __all__ = ["CsvDataset", "read_csv_pairs"]
@@ -25,57 +28,35 @@ __all__ = ["CsvDataset", "read_csv_pairs"]
 log = logging.getLogger("clippo.data")
 
 
-def read_csv_pairs(path, sep=",", img_key="filepath", caption_key="title"):
-    """(image paths, captions) read from a CSV/TSV file with a header row."""
+def read_csv_pairs(path, sep=None, img_key="filepath", caption_key="title"):
+    """(image paths, captions) read from a CSV/TSV file with a header row, by the reader
+    `clippo eval` uses too (clippo.data.textfiles: sep None is tab when the header holds one,
+    else comma;
+    errors are DataFormatError naming file and line)."""
     path = os.fspath(path)
-    if sep == "\\t":  # `--csv-separator "\t"` arrives from a shell as backslash + t
-        sep = "\t"
-    if len(sep) != 1:
-        raise ValueError(f"{path}: the CSV separator must be one character, got {sep!r}")
     paths, captions = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=sep)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise ValueError(f"{path}: empty file (a header row naming the columns "
-                                 f"{img_key!r} and {caption_key!r} is needed)")
-            missing = [k for k in (img_key, caption_key) if k not in header]
-            if missing:
-                raise ValueError(
-                    f"{path}:1: missing column(s) {missing} in the header; the columns are "
-                    f"{header} (separator {sep!r}; set --csv-img-key / --csv-caption-key / "
-                    f"--csv-separator)")
-            i_img, i_cap = header.index(img_key), header.index(caption_key)
-            for row in reader:
-                if not row:  # blank line
-                    continue
-                if len(row) != len(header):
-                    raise ValueError(f"{path}:{reader.line_num}: expected {len(header)} "
-                                     f"fields separated by {sep!r}, got {len(row)}")
-                paths.append(row[i_img])
-                captions.append(row[i_cap])
-        except csv.Error as e:
-            raise ValueError(f"{path}:{reader.line_num}: malformed CSV: {e}") from e
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text near line {reader.line_num + 1}: "
-                             f"{e}") from e
+    for lineno, row in csv_rows(path, sep):
+        if not paths:
+            need_columns(path, row.keys(), [img_key, caption_key],
+                         ["--csv-img-key", "--csv-caption-key"])
+        paths.append(row[img_key])
+        captions.append(row[caption_key])
     return paths, captions
 
 
 class CsvDataset(Dataset):
-    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or None (skip).
+    """Map-style dataset: item -> (uint8 image [3, S, S], caption) or a Skipped (skip).
 
     transform: a callable PIL RGB image -> uint8 tensor; default ImageTransform(image_size)
     (plain resize to the model's size, as the reference).
     """
 
-    def __init__(self, path, image_size=224, sep=",", img_key="filepath", caption_key="title",
+    def __init__(self, path, image_size=224, sep=None, img_key="filepath", caption_key="title",
                  transform=None):
         self.path = os.fspath(path)
         paths, captions = read_csv_pairs(self.path, sep, img_key, caption_key)
         if not paths:
-            raise ValueError(f"{self.path}: no rows after the header")
+            raise DataFormatError(self.path, None, "no rows after the header")
         self.root = os.path.dirname(os.path.abspath(self.path))
         self._paths = StringTable(paths)
         self._captions = StringTable(captions)
@@ -95,8 +76,8 @@ class CsvDataset(Dataset):
         caption = self._captions[i].strip()
         if not caption:
             log.debug("%s: row %d has an empty caption; skipped", self.path, i)
-            return None
+            return Skipped(f"{self.path} row {i + 1} (empty caption)")
         image = load_and_transform(self.image_path(i), self.transform)
         if image is None:
-            return None
+            return Skipped(self.image_path(i))
         return image, caption

@@ -99,7 +99,8 @@ class MixedLoader:
             return
         for batch in self.image_text_loader:
             out = {"images": batch["images"], "texts": batch["texts"], "texts_a": [],
-                   "texts_b": [], "skipped": batch["skipped"]}
+                   "texts_b": [], "skipped": batch["skipped"],
+                   "skipped_names": batch.get("skipped_names", [])}
             if self.text_pair_loader is not None:
                 out["texts_a"], out["texts_b"], skipped = self._take_pairs()
                 out["skipped"] += skipped

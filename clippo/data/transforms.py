@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["ImageDecodeError", "load_image", "try_load_image", "ImageTransform",
-           "image_to_tensor", "load_and_transform"]
+           "image_to_tensor", "load_and_transform", "opened_to_rgb"]
 
 log = logging.getLogger("clippo.data")
 
@@ -51,15 +51,23 @@ def load_image(source, *, draft_size=None):
             warnings.simplefilter("ignore")
             fp = source if isinstance(source, (str, os.PathLike)) else io.BytesIO(source)
             with Image.open(fp) as img:
-                if draft_size is not None and img.format == "JPEG":
-                    img.draft("RGB", tuple(draft_size))
-                rgb = to_rgb(img)
+                rgb = opened_to_rgb(img, draft_size)
                 rgb.load()
     except FileNotFoundError:
         raise
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, EOFError, ...
         raise ImageDecodeError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
     return rgb
+
+
+def opened_to_rgb(img, draft_size=None):
+    """An opened PIL image -> RGB, a JPEG not yet loaded decoded in draft mode for draft_size
+    (w, h) as load_image does: the one decoding step of training, `clippo eval` and
+    open_clip_interface's preprocess, so that one JPEG gives the same pixels in all three.
+    (Draft mode changes the lazily opened image in place; a loaded image is only converted.)"""
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", tuple(draft_size))
+    return to_rgb(img)
 
 
 def to_rgb(img):

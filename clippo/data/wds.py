@@ -16,7 +16,8 @@ number of steps. Without num_samples a reader makes one pass over its shards (ra
 differ in length). `resampled` draws shards with replacement (needs num_samples).
 
 Skipping: an undecodable image, a sample without an image or caption, or an empty caption
-becomes None and is counted by collate_image_text in the batch's "skipped". A shard that
+becomes a Skipped ("shard:key") and is counted by collate_image_text in the batch's
+"skipped". A shard that
 cannot be opened or read to its end is reported with a warning and the rest of it is skipped
 (its lost samples cannot be counted).
 
@@ -101,19 +102,21 @@ def _caption_of(sample):
 
 
 def decode_sample(sample, transform):
-    """webdataset sample dict -> (uint8 image [3, S, S], caption) or None (skip)."""
+    """webdataset sample dict -> (uint8 image [3, S, S], caption) or a Skipped naming it."""
+    from clippo.data.collate import Skipped
+    name = f"{sample.get('__url__', '')}:{sample.get('__key__')}".lstrip(":")
     caption = _caption_of(sample)
     caption = caption.strip() if caption is not None else ""
     if not caption:
         log.debug("%s: no caption; skipped", sample.get("__key__"))
-        return None
+        return Skipped(f"{name} (no caption)")
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         log.debug("%s: no image (%s); skipped", sample.get("__key__"), "/".join(IMAGE_KEYS))
-        return None
+        return Skipped(f"{name} (no image)")
     image = load_and_transform(data, transform)
     if image is None:
-        return None
+        return Skipped(name)
     return image, caption
 
 

@@ -24,6 +24,8 @@ The held-out split is colour x position: 16 of the 72 pairs never appear in trai
 `zeroshot(model)` and `retrieval(model)` run a task and return its result; the *_task
 functions build the data.
 """
+from fractions import Fraction
+
 import numpy as np
 import torch
 
@@ -61,31 +63,84 @@ def _pick(rng, options):
 
 # -- zero-shot -------------------------------------------------------------------------------
 
-def zeroshot_task(image_size=64, num_samples=256, seed=_SEEDS["zeroshot"]):
-    """(ImageDataset, class names, {class name: prompts}): held-out colour x position pairs,
-    balanced over the 16 classes, shapes random."""
-    pairs = B.combos("heldout")
+_PARTS = B.HELDOUT_PARTS + ("heldout",)
+
+
+def _image_pairs(part):
+    """The held-out pairs whose images a task scores: "val", "test" or "heldout" (all 16)."""
+    return B.combos("heldout") if part == "heldout" else B.heldout_part(part)
+
+
+def zeroshot_task(image_size=64, num_samples=256, seed=_SEEDS["zeroshot"], part="test",
+                  classes="heldout"):
+    """(ImageDataset, class names, {class name: prompts}): images of the held-out pairs of
+    `part` ("test", reported; "val", for choosing recipes; "heldout", both), balanced over its
+    pairs, shapes random, classified among the `classes` colour x position classes ("heldout":
+    the 16 held-out pairs; "all": all 72, where a bias towards the pairs seen in training
+    shows)."""
+    pairs, labels = _image_pairs(part), B.combos(classes)
     images, targets = [], []
     for i in range(num_samples):
-        rng = np.random.default_rng([seed, i])
-        k = i % len(pairs)
-        color, position = pairs[k]
+        rng = np.random.default_rng([seed, _PARTS.index(part), i])
+        color, position = pairs[i % len(pairs)]
         images.append(_scene(color, _pick(rng, B.SHAPES), position, rng, image_size))
-        targets.append(k)
-    names = [B.class_name(c, p) for c, p in pairs]
-    prompts = {B.class_name(c, p): B.class_prompts(c, p) for c, p in pairs}
+        targets.append(labels.index((color, position)))
+    names = [B.class_name(c, p) for c, p in labels]
+    prompts = {B.class_name(c, p): B.class_prompts(c, p) for c, p in labels}
     return ImageDataset(images, targets, image_size), names, prompts
 
 
-def zeroshot(model, image_size=None, num_samples=256, **kw):
-    """Run the built-in zero-shot task: {"metrics", "num_classes", "chance", "skipped"}."""
+def reader_accuracy(queries, candidates, known):
+    """Exact expected top-1 accuracy of a reader that knows only the attributes `known` of each
+    query and picks uniformly among the candidates that agree with it on them.
+
+    queries: [(attributes, indices of the right candidates)]; candidates: [attributes];
+    attributes: {"colour": ..., "shape": ..., "position": ...} (a candidate without a key
+    agrees with every value of it: a colour x position class says nothing of the shape).
+    """
+    total = Fraction(0)
+    for attrs, right in queries:
+        agree = [j for j, c in enumerate(candidates)
+                 if all(c.get(a, attrs[a]) == attrs[a] for a in known)]
+        total += Fraction(sum(j in right for j in agree), len(agree))
+    return float(total / len(queries))
+
+
+def single_attribute_readers(queries, candidates):
+    """{attribute: reader_accuracy knowing only it, ..., "best": the highest}: the bar a
+    composition claim has to clear (a model reading one attribute scores this much)."""
+    out = {a: reader_accuracy(queries, candidates, (a,)) for a in ATTRIBUTES}
+    out["best"] = max(out.values())
+    return out
+
+
+def _attrs(color, shape, position):
+    return {"colour": color, "shape": shape, "position": position}
+
+
+def zeroshot_baselines(num_samples=256, part="test", classes="heldout"):
+    """single_attribute_readers for zeroshot_task's images (the reader sees the image's colour,
+    shape or position) among its classes."""
+    pairs, labels = _image_pairs(part), B.combos(classes)
+    candidates = [{"colour": c, "position": p} for c, p in labels]
+    queries = [({"colour": c, "position": p, "shape": None}, {labels.index((c, p))})
+               for c, p in (pairs[i % len(pairs)] for i in range(num_samples))]
+    return single_attribute_readers(queries, candidates)
+
+
+def zeroshot(model, image_size=None, num_samples=256, part="test", classes="heldout", **kw):
+    """Run the built-in zero-shot task: {"metrics", "num_classes", "chance", "baselines",
+    "skipped"}; baselines: the single-attribute readers' top-1 accuracy."""
     from clippo.eval.zeroshot import evaluate_zeroshot
-    ds, names, prompts = zeroshot_task(_model_size(model, image_size), num_samples)
+    ds, names, prompts = zeroshot_task(_model_size(model, image_size), num_samples, part=part,
+                                       classes=classes)
     m = evaluate_zeroshot(model, ds, names, prompts, **kw)
     skipped = m.pop("skipped")
     n = len(names)
     return {"metrics": m, "num_classes": n, "skipped": len(skipped), "templates": "captions",
-            "chance": {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n}}
+            "part": part, "chance": {"acc1": 1 / n, "acc5": min(5, n) / n,
+                                     "mean_per_class_recall": 1 / n},
+            "baselines": {"acc1": zeroshot_baselines(num_samples, part, classes)}}
 
 
 # -- retrieval -------------------------------------------------------------------------------
@@ -130,15 +185,44 @@ def pair_galleries(image_size=64, galleries=8, seed=_SEEDS["pairs"]):
     return out
 
 
-def pair_retrieval(model, galleries=None, image_size=None, ks=(1, 5), **kw):
-    """Retrieval in each of pair_galleries' galleries, recalls averaged over them:
-    {"metrics", "num_images" (per gallery), "galleries", "chance"}."""
+def pair_retrieval(model, galleries=None, image_size=None, ks=(1, 5), part="test", **kw):
+    """Retrieval in each of pair_galleries' galleries, the queries of `part`'s pairs scored
+    (every held-out pair's image and caption compete), recalls averaged over the galleries:
+    {"metrics", "num_images" (per gallery), "galleries", "chance", "baselines"}."""
     galleries = galleries or pair_galleries(_model_size(model, image_size))
-    runs = [retrieval(model, task=t, ks=ks, **kw) for t in galleries]
+    runs = [retrieval(model, task=t, ks=ks, part=part, **kw) for t in galleries]
     keys = [k for k in runs[0]["metrics"] if "recall@" in k]
     metrics = {k: float(np.mean([r["metrics"][k] for r in runs])) for k in keys}
+    baselines = {k: {a: float(np.mean([r["baselines"][k][a] for r in runs]))
+                     for a in runs[0]["baselines"][k]} for k in runs[0]["baselines"]}
     return {"metrics": metrics, "num_images": runs[0]["num_images"], "galleries": len(runs),
-            "chance": runs[0]["chance"]}
+            "part": part, "chance": runs[0]["chance"], "baselines": baselines}
+
+
+def query_indices(task, part="test"):
+    """Indices of a retrieval task's images whose colour x position pair is in `part`."""
+    pairs = set(_image_pairs(part))
+    return [i for i, (c, _, p) in enumerate(task["objects"]) if (c, p) in pairs]
+
+
+def retrieval_baselines(task, queries):
+    """single_attribute_readers at R@1 both ways for a task's scored queries: text->image (a
+    caption's one attribute against the gallery's images) and image->text. Multilingual
+    captions ({language: [caption]}) count one per image: each language is scored alone."""
+    objects = [_attrs(*o) for o in task["objects"]]
+    n_caps = [len(c) if isinstance(c, list) else len(next(iter(c.values())))
+              for c in task["captions"]]
+    owner = [i for i, n in enumerate(n_caps) for _ in range(n)]
+    text_queries = [(objects[i], {i}) for i in queries for _ in range(n_caps[i])]
+    image_queries = [(objects[i], {j for j, o in enumerate(owner) if o == i}) for i in queries]
+    out = {}
+    for key, qs, candidates in (("image_retrieval_recall@1", text_queries, objects),
+                                ("text_retrieval_recall@1", image_queries,
+                                 [objects[o] for o in owner])):
+        out[key] = single_attribute_readers(qs, candidates)
+        # what reading colour and position but not the shape gives (the bar for shapes)
+        out[key]["colour+position"] = reader_accuracy(qs, candidates, ("colour", "position"))
+    return out
 
 
 def multilingual_task(image_size=64, seed=_SEEDS["retrieval"], languages=B.LANGUAGES):
@@ -169,28 +253,34 @@ def chance_table(num_images, per_image, ks):
     return out
 
 
-def retrieval(model, task=None, image_size=None, ks=(1, 5, 10), **kw):
+def retrieval(model, task=None, image_size=None, ks=(1, 5, 10), part="test", **kw):
     """Run the built-in retrieval task (`task` from retrieval_task, or built at the model's
-    size): {"metrics", "num_images", "num_texts", "chance", "skipped"}."""
+    size), the queries of `part`'s held-out pairs scored against the whole gallery:
+    {"metrics", "num_images", "num_texts", "chance", "baselines", "skipped"}."""
     from clippo.eval.retrieval import CaptionedImages, evaluate_retrieval
     task = task or retrieval_task(_model_size(model, image_size))
     ds = CaptionedImages(zip(task["images"], task["captions"]), task["images"].shape[-2:])
-    m = evaluate_retrieval(model, ds, ks=ks, **kw)
+    queries = query_indices(task, part)
+    m = evaluate_retrieval(model, ds, ks=ks, queries=queries, **kw)
     skipped = m.pop("skipped")
     return {"metrics": m, "num_images": m["num_images"], "num_texts": m["num_texts"],
-            "skipped": len(skipped),
-            "chance": chance_table(len(ds), len(task["captions"][0]), ks)}
+            "skipped": len(skipped), "part": part,
+            "chance": chance_table(len(ds), len(task["captions"][0]), ks),
+            "baselines": retrieval_baselines(task, queries)}
 
 
-def multilingual(model, task=None, image_size=None, ks=(1, 5, 10), **kw):
-    """Run the built-in multilingual retrieval task."""
+def multilingual(model, task=None, image_size=None, ks=(1, 5, 10), part="test", **kw):
+    """Run the built-in multilingual retrieval task (queries of `part`, as retrieval)."""
     from clippo.eval.retrieval import CaptionedImages, evaluate_multilingual_retrieval
     task = task or multilingual_task(_model_size(model, image_size))
     ds = CaptionedImages(zip(task["images"], task["captions"]), task["images"].shape[-2:])
-    m = evaluate_multilingual_retrieval(model, ds, task["languages"], ks=ks, **kw)
+    queries = query_indices(task, part)
+    m = evaluate_multilingual_retrieval(model, ds, task["languages"], ks=ks, queries=queries,
+                                        **kw)
     skipped = m.pop("skipped")
-    return {"metrics": m, "num_images": m["num_images"], "skipped": len(skipped),
-            "chance": chance_table(len(ds), 1, ks)}
+    return {"metrics": m, "num_images": m["num_images"], "skipped": len(skipped), "part": part,
+            "chance": chance_table(len(ds), 1, ks),
+            "baselines": retrieval_baselines(task, queries)}
 
 
 # -- NLU -------------------------------------------------------------------------------------

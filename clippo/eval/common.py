@@ -13,6 +13,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LAYERS = ("embedding", "pre_logits")
 
 
+class NothingScored(ValueError):
+    """Not one sample of a task could be scored (every image missing or undecodable): a
+    metric over zero samples is no result, so evaluation stops instead of reporting one."""
+
+
 def resolve_device(device=None):
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -29,8 +34,9 @@ def load_model(path, device=None, random_init=False, seed=0):
     from clippo.model.clippo import CLIPPO
     p = Path(path)
     device = resolve_device(device)
-    if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
-        p = p / "model"
+    if p.is_dir():
+        from clippo.convert import pretrained_dir
+        p = pretrained_dir(p)
     if p.is_dir():
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p} is not a save_pretrained directory (no config.json)")
@@ -171,11 +177,16 @@ def table(rows, columns):
 
 
 def metrics_table(res):
-    """A printable two-column table of one task's result."""
-    rows = [{"metric": k, "value": v} for k, v in flatten(res["metrics"]).items()]
+    """A printable table of one task's result; with the chance level and the best
+    single-attribute reader beside each metric where the result has them (built-in tasks)."""
+    chance = flatten(res.get("chance", {}))
+    best = {k: v.get("best") for k, v in res.get("baselines", {}).items()}
+    columns = ["metric", "value"] + (["chance"] if chance else []) + (
+        ["best single attribute"] if best else [])
+    rows = [{"metric": k, "value": v, "chance": chance.get(k), "best single attribute":
+             best.get(k)} for k, v in flatten(res["metrics"]).items()]
     rows.append({"metric": "skipped", "value": res.get("skipped", 0)})
-    return f"{res['task']} on {res['dataset']} ({res['model']})\n" + table(rows,
-                                                                          ["metric", "value"])
+    return f"{res['task']} on {res['dataset']} ({res['model']})\n" + table(rows, columns)
 
 
 def flatten(metrics, prefix=""):

@@ -17,34 +17,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clippo.data.textfiles import DataFormatError, csv_rows, need_columns, read_text_lines
+
+_csv_rows, _need_columns = csv_rows, need_columns  # the names this module's readers use
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")
 
 
-class DataFormatError(ValueError):
-    """A malformed dataset file: `path`, `line` (1-based, None when unknown) and the message."""
-
-    def __init__(self, path, line, message):
-        self.path, self.line = str(path), line
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
-
-
 # -- images ------------------------------------------------------------------------------------
 
+def _transform(image_size):
+    from clippo.data.transforms import ImageTransform
+    return ImageTransform(image_size if isinstance(image_size, int) else tuple(image_size))
+
+
 def load_image(path, image_size):
-    """uint8 [3, S, S] from an image file, or None when it cannot be read or decoded."""
-    from PIL import Image
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[::-1]
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != size:
-                im = im.resize(size, Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception:  # any decoder failure (truncated, not an image, decompression bomb...)
-        return None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    """uint8 [3, S, S] from an image file, or None when it cannot be read or decoded: the
+    training pipeline's decode and resize (clippo.data.transforms), so a JPEG gives the same
+    pixels in training and evaluation."""
+    from clippo.data.transforms import load_and_transform
+    return load_and_transform(path, _transform(image_size))
 
 
 def as_image(image, image_size):
@@ -58,13 +51,13 @@ def as_image(image, image_size):
         image = torch.from_numpy(np.ascontiguousarray(image))
         if image.dim() == 3 and image.shape[-1] == 3:
             image = image.permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):  # a PIL image
+    if not isinstance(image, torch.Tensor):  # a PIL image: resized as a decoded file is
         from PIL import Image
-        if isinstance(image, Image.Image):
-            arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-        else:
+        if not isinstance(image, Image.Image):
             raise TypeError(f"unsupported image type {type(image).__name__}")
+        from clippo.data.transforms import opened_to_rgb
+        transform = _transform(image_size)
+        return transform(opened_to_rgb(image, transform.draft_size))
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if tuple(image.shape[-2:]) != size:
         image = resize_uint8(image, size)
@@ -117,24 +110,6 @@ def loader(dataset, batch_size=64, num_workers=0):
 
 # -- text files ----------------------------------------------------------------------------------
 
-def read_text_lines(path, keep_newline=False):
-    """(line number, line) of a UTF-8 file, without its newline unless keep_newline; bad UTF-8
-    names its line."""
-    try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataFormatError(path, lineno, f"not UTF-8 ({e.reason} at byte "
-                                          f"{e.start})") from None
-                if lineno == 1:
-                    text = text.lstrip("\ufeff")
-                yield lineno, (text if keep_newline else text.rstrip("\r\n"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-
-
 def _starts_like_json(path):
     """A .json name, or a file whose first non-blank character opens a JSON object or list."""
     if str(path).lower().endswith(".json"):
@@ -149,14 +124,9 @@ def _starts_like_json(path):
 
 def read_json(path):
     """A whole JSON document; syntax errors name line and column."""
+    text = _read_json_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text.lstrip("\ufeff"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise _json_error(path, e) from None
 
@@ -202,45 +172,6 @@ def read_classnames(path, dataset=None):
     if not names:
         raise DataFormatError(path, None, "no class names")
     return names
-
-
-def _csv_rows(path, sep=None, quoting=csv.QUOTE_MINIMAL, header=True):
-    """(line number, {column: value} or [values]) rows of a CSV/TSV file; the header is line 1.
-
-    sep: None picks a tab for .tsv files and a comma otherwise. Rows with more or fewer fields
-    than the header raise DataFormatError naming the line.
-    """
-    if sep is None:
-        sep = "\t" if str(path).lower().endswith(".tsv") else ","
-    lines = (line for _, line in read_text_lines(path, keep_newline=True))
-    reader = csv.reader(lines, delimiter=sep, quoting=quoting, strict=True)
-    columns = None
-    try:
-        for row in reader:
-            lineno = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            if header and columns is None:
-                columns = [c.strip() for c in row]
-                if len(set(columns)) != len(columns):
-                    raise DataFormatError(path, lineno, f"duplicate column names {columns}")
-                continue
-            if columns is not None and len(row) != len(columns):
-                raise DataFormatError(path, lineno, f"{len(row)} fields, the header has "
-                                      f"{len(columns)} ({sep!r}-separated)")
-            yield lineno, (dict(zip(columns, row)) if columns is not None else row)
-    except csv.Error as e:
-        raise DataFormatError(path, reader.line_num, f"bad CSV ({e})") from None
-    if header and columns is None:
-        raise DataFormatError(path, None, "empty file (expected a header line)")
-
-
-def _need_columns(path, row_keys, keys, flags):
-    missing = [k for k in keys if k not in row_keys]
-    if missing:
-        hint = ", ".join(f"{flag} {k!r}" for k, flag in zip(keys, flags) if k in missing)
-        raise DataFormatError(path, 1, f"no column {missing[0]!r} in the header {list(row_keys)} "
-                              f"(set {hint})")
 
 
 def _resolve(root, name):
@@ -345,63 +276,115 @@ def _json_error(path, e):
     return DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})")
 
 
+_WS = " \t\r\n"
+
+
 def _skip_ws(text, i):
-    while i < len(text) and text[i] in " \t\r\n":
+    while i < len(text) and text[i] in _WS:
         i += 1
     return i
 
 
-def json_array_items(path, key=None):
-    """[(line, element)] of the array at top-level `key` of a JSON file (or of a top-level
-    array when key is None), each element with the line it starts on, so that errors about an
-    element can name its line. Syntax errors name line and column."""
+def _expect(path, text, i, chars, what):
+    """Index after the punctuation at text[i] (one of `chars`), or a DataFormatError naming
+    line and column."""
+    if i >= len(text) or text[i] not in chars:
+        line = text.count("\n", 0, i) + 1
+        column = i - text.rfind("\n", 0, i)
+        found = repr(text[i]) if i < len(text) else "the end of the file"
+        raise DataFormatError(path, line, f"invalid JSON: expected {what}, found {found} "
+                              f"(column {column})")
+    return i + 1
+
+
+def _read_json_text(path):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     except UnicodeDecodeError as e:
         raise DataFormatError(path, None, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    text = text.lstrip("\ufeff")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _json_error(path, e) from None
-    if key is not None:
-        if not isinstance(doc, dict) or key not in doc:
-            raise DataFormatError(path, 1, f"expected a JSON object with a {key!r} list")
-        if not isinstance(doc[key], list):
-            raise DataFormatError(path, 1, f"{key!r} must be a list")
-    elif not isinstance(doc, list):
-        raise DataFormatError(path, 1, "expected a JSON list")
-    # walk the text once more to find where each element starts
-    dec = json.JSONDecoder()
-    i = _skip_ws(text, 0)
-    if key is not None:
-        i += 1  # '{'
-        while True:
-            i = _skip_ws(text, i)
-            name, i = dec.raw_decode(text, i)
-            i = _skip_ws(text, i) + 1  # ':'
-            i = _skip_ws(text, i)
-            if name == key:
-                break
-            _, i = dec.raw_decode(text, i)
-            i = _skip_ws(text, i) + 1  # ','
-    i = _skip_ws(text, i) + 1  # '['
-    items = []
-    line, pos = 1, 0
+    return text.lstrip("\ufeff")
+
+
+def _array_items(path, text, i, dec):
+    """[(line, element)] of the array starting at text[i] ('['), and the index after it."""
+    i = _expect(path, text, _skip_ws(text, i), "[", "'['")
+    items, line, pos = [], 1 + text.count("\n", 0, i), i
+    i = _skip_ws(text, i)
+    if i < len(text) and text[i] == "]":
+        return items, i + 1
     while True:
         i = _skip_ws(text, i)
-        if text[i] == "]":
-            break
         line += text.count("\n", pos, i)
         pos = i
         value, i = dec.raw_decode(text, i)
         items.append((line, value))
         i = _skip_ws(text, i)
-        if text[i] == ",":
+        if i < len(text) and text[i] == "]":
+            return items, i + 1
+        i = _expect(path, text, i, ",", "',' or ']'")
+
+
+def json_arrays(path, keys):
+    """(document, {key: [(line, element)]}) of a JSON object file, each element of the arrays
+    at the top-level `keys` with the line it starts on (errors about an element can name its
+    line); keys absent from the file are absent from the dict. The file is parsed once: the
+    document's lists are the elements themselves, not a second copy. Syntax errors name line
+    and column."""
+    text = _read_json_text(path)
+    dec = json.JSONDecoder()
+    doc, arrays = {}, {}
+    try:
+        i = _skip_ws(text, 0)
+        if i >= len(text) or text[i] != "{":
+            raise DataFormatError(path, 1, f"expected a JSON object with a {keys[0]!r} list")
+        i = _skip_ws(text, i + 1)
+        if i < len(text) and text[i] == "}":
             i += 1
-    return doc, items
+        else:
+            while True:
+                i = _skip_ws(text, i)
+                name, i = dec.raw_decode(text, i)
+                i = _skip_ws(text, _expect(path, text, _skip_ws(text, i), ":", "':'"))
+                if name in keys and i < len(text) and text[i] == "[":
+                    arrays[name], i = _array_items(path, text, i, dec)
+                    doc[name] = [v for _, v in arrays[name]]
+                else:
+                    if name in keys:
+                        raise DataFormatError(path, text.count("\n", 0, i) + 1,
+                                              f"{name!r} must be a list")
+                    doc[name], i = dec.raw_decode(text, i)
+                i = _skip_ws(text, i)
+                if i < len(text) and text[i] == "}":
+                    i += 1
+                    break
+                i = _expect(path, text, i, ",", "',' or '}'")
+        i = _skip_ws(text, i)
+        if i < len(text):
+            _expect(path, text, i, "", "the end of the file")
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e) from None
+    return doc, arrays
+
+
+def json_array_items(path, key=None):
+    """(document, [(line, element)]) of the array at top-level `key` of a JSON file (or of a
+    top-level array when key is None), as json_arrays, parsed once."""
+    if key is None:
+        text = _read_json_text(path)
+        try:
+            items, i = _array_items(path, text, 0, json.JSONDecoder())
+            i = _skip_ws(text, i)
+            if i < len(text):
+                _expect(path, text, i, "", "the end of the file")
+        except json.JSONDecodeError as e:
+            raise _json_error(path, e) from None
+        return [v for _, v in items], items
+    doc, arrays = json_arrays(path, (key,))
+    if key not in arrays:
+        raise DataFormatError(path, 1, f"expected a JSON object with a {key!r} list")
+    return doc, arrays[key]
 
 
 def _caption_text(path, line, value, what):
@@ -644,14 +627,18 @@ def read_vqa(questions_path, annotations_path=None, image_root=None, image_templ
     formatted with image_id (default: COCO's "COCO_<data_subtype>_<image_id:012d>.jpg").
     """
     root = Path(image_root) if image_root else Path(questions_path).parent
-    doc, questions = json_array_items(questions_path, "questions")
+    doc, arrays = json_arrays(questions_path, ("questions", "annotations"))
+    if "questions" not in arrays:
+        raise DataFormatError(questions_path, 1, "expected a JSON object with a 'questions' "
+                              "list")
+    questions = arrays["questions"]
     if image_template is None:
         subtype = doc.get("data_subtype") if isinstance(doc, dict) else None
         image_template = (f"COCO_{subtype}_{{image_id:012d}}.jpg" if subtype
                           else "{image_id}.jpg")
     ann_path = annotations_path or questions_path
-    ann_doc, annotations = json_array_items(ann_path, "annotations") if (
-        annotations_path or "annotations" in doc) else (None, None)
+    annotations = json_array_items(ann_path, "annotations")[1] if annotations_path else \
+        arrays.get("annotations")  # one file holding both lists: read once
     answers, answer_types = {}, {}
     if annotations is not None:
         for k, (line, a) in enumerate(annotations):

@@ -6,7 +6,7 @@ l2 = 2^10); top-1 accuracy on the whole test set, averaged over seeds.
 """
 import numpy as np
 
-from clippo.eval.common import encode_images
+from clippo.eval.common import NothingScored, encode_images
 from clippo.eval.data import loader
 from clippo.eval.probe import RIDGE_L2, RidgeClassifier
 
@@ -46,7 +46,10 @@ def evaluate_fewshot(model, train, test, num_classes, *, shots=SHOTS, num_seeds=
     vb = loader(test, batch_size, num_workers)
     x_test, y_test, _, skipped_test = encode_images(model, vb, desc="test", total=len(vb), **kw)
     if not len(y_train) or not len(y_test):
-        raise ValueError("few-shot evaluation needs decodable training and test images")
+        which = "training" if not len(y_train) else "test"
+        raise NothingScored(f"no {which} image could be decoded "
+                            f"({len(skipped_train) if which == 'training' else len(skipped_test)}"
+                            f" skipped)")
     per_seed = fewshot_accuracy(x_train.numpy(), y_train, x_test.numpy(), y_test, num_classes,
                                 shots, range(num_seeds), l2)
     out = {f"acc1_{k}shot": float(np.mean(v)) for k, v in per_seed.items()}

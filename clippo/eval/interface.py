@@ -9,7 +9,8 @@ OpenCLIP models (LAION's CLIP_benchmark, for one) runs on CLIPPO unchanged:
 The "tokenizer" renders text to images (on the model's device: the fast path) instead of
 token ids; `encode_text` encodes those images with the same tower.
 """
-import numpy as np
+import os
+
 import torch
 from torch import nn
 
@@ -62,21 +63,25 @@ class RenderTokenizer:
 
 
 class Preprocess:
-    """PIL image -> float [3, S, S] in [-1, 1], resized to the model's input size (bilinear,
-    no crop: the reference's `resize(S)|value_range(-1, 1)`)."""
+    """PIL image (or image file path) -> float [3, S, S] in [-1, 1], resized to the model's
+    input size (bilinear, no crop: the reference's `resize(S)|value_range(-1, 1)`), decoded
+    and resized as in training and `clippo eval` (clippo.data.transforms): an `Image.open`ed
+    JPEG not yet loaded is decoded in draft mode, as they decode it."""
 
     def __init__(self, image_size):
+        from clippo.data.transforms import ImageTransform
         self.image_size = tuple(image_size)
+        self.transform = ImageTransform(self.image_size)
 
     def __call__(self, image):
         from PIL import Image
+
+        from clippo.data.transforms import load_image, opened_to_rgb
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image, draft_size=self.transform.draft_size)
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
-        h, w = self.image_size
-        image = image.convert("RGB")
-        if image.size != (w, h):
-            image = image.resize((w, h), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = self.transform(opened_to_rgb(image, self.transform.draft_size))
         return x.float().mul_(2.0 / 255.0).sub_(1.0)
 
 

@@ -10,7 +10,7 @@ built-in tiny versions (--data builtin).
     clippo eval fewshot --model DIR --train DIR_OR_CSV --data DIR_OR_CSV
     clippo eval all --model DIR --data builtin          every built-in task, one results table
 
-Each task prints a table and writes its JSON result (--out, default clippo-eval/TASK.json):
+Each task prints a table and writes its JSON result (--output, default clippo-eval/TASK.json):
 {"dataset", "model", "task", "metrics": {...}, "skipped": n}, with CLIP_benchmark's metric
 names where they exist.
 """
@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 
+from clippo._argparse import use_help_formatter
 from clippo.eval import builtin as BI
-from clippo.eval.common import (PRECISIONS, flatten, load_model, metrics_table, result, table,
-                                write_json)
+from clippo.eval.common import (PRECISIONS, NothingScored, flatten, load_model, metrics_table,
+                                result, table, write_json)
 from clippo.eval.metrics import TIES
 from clippo.eval.templates import load_prompts
 
@@ -43,7 +44,8 @@ def _common(p, data_help):
                    "(default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
-    p.add_argument("--out", help="JSON result file (default: clippo-eval/TASK.json)")
+    p.add_argument("--output", "--out", dest="out",
+                   help="JSON result file (default: clippo-eval/TASK.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -55,7 +57,8 @@ def _csv(p, caption=False, label=False):
         g.add_argument("--csv-caption-key", default="title")
     if label:
         g.add_argument("--csv-label-key", default="label")
-    g.add_argument("--csv-separator", default=None, help="default: tab for .tsv, else comma")
+    g.add_argument("--csv-separator", default=None, help="default: tab if the header line "
+                   "holds one, else comma")
     g.add_argument("--image-root", help="folder that relative image paths start from "
                    "(default: the data file's folder)")
 
@@ -175,7 +178,7 @@ def build_parser():
     p.add_argument("--baseline", action="store_true", help="also score a randomly initialised "
                    "model of the same architecture")
     p.add_argument("--markdown", help="also write the results table to this file")
-    return parser
+    return use_help_formatter(parser)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -215,9 +218,8 @@ def _classification_data(args, path, model, classnames_file=None):
 
 
 def _skipped_files(dataset, indices, limit=20):
-    files = [str(dataset.images[i]) for i in indices[:limit]
-             if isinstance(dataset.images[i], (str, Path))]
-    return files
+    images = dataset.images if hasattr(dataset, "images") else [r["image"] for r in dataset]
+    return [str(images[i]) for i in indices[:limit] if isinstance(images[i], (str, Path))]
 
 
 def _finish(args, res, default_name):
@@ -228,81 +230,94 @@ def _finish(args, res, default_name):
     return res
 
 
-def run_zeroshot(args, model=None, precision=None, name=None):
-    from clippo.eval.zeroshot import evaluate_zeroshot
-    if model is None:
-        model, precision, name = _setup(args)
+# Each task: how its data is built (built-in or read from the user's files), how it is scored,
+# what its result records. The `load_*` functions return (inputs, chance or None, extra result
+# fields); the `score_*` functions return the metrics with "skipped" (and "skipped_train") lists
+# of dataset indices.
+
+def _load_zeroshot(args, model):
+    extra = {}
     if args.data == BUILTIN:
         ds, classes, prompts = BI.zeroshot_task(model.img.image_size)
         templates = load_prompts(args.templates, args.dataset) if args.templates else prompts
         n = len(classes)
-        chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n}
+        chance = {"acc1": 1 / n, "acc5": min(5, n) / n, "mean_per_class_recall": 1 / n,
+                  "acc1_72way": 1 / len(BI.B.combos("all"))}
+        extra["baselines"] = {"acc1": BI.zeroshot_baselines(len(ds)), "acc1_72way":
+                              BI.zeroshot_baselines(len(ds), classes="all")}
+        extra["part"] = "test"
     else:
         ds, classes = _classification_data(args, args.data, model, args.classnames)
         templates, chance = load_prompts(args.templates or "clip", args.dataset), None
-    m = evaluate_zeroshot(model, ds, classes, templates, canonicalize=not args.no_canonicalize,
-                          ties=args.ties, **_kw(args, precision))
-    skipped = m.pop("skipped")
     spec = args.templates or (None if args.data == BUILTIN else "clip")
     shown = "per-class prompts" if isinstance(templates, dict) else (spec or list(templates))
-    res = result("zeroshot_classification", args.data, name, m, len(skipped),
-                 num_classes=len(classes), templates=shown,
-                 skipped_files=_skipped_files(ds, skipped))
-    if chance:
-        res["chance"] = chance
-    return res
+    return (ds, classes, templates), chance, dict(num_classes=len(classes), templates=shown,
+                                                  **extra)
 
 
-def run_retrieval(args, model=None, precision=None, name=None):
+def _score_zeroshot(args, model, inputs, kw):
+    from clippo.eval.zeroshot import evaluate_zeroshot
+    ds, classes, templates = inputs
+    m = evaluate_zeroshot(model, ds, classes, templates,
+                          canonicalize=not args.no_canonicalize, ties=args.ties, **kw)
+    if args.data == BUILTIN and not args.templates:
+        # the same images among all 72 colour x position classes: a preference for the pairs
+        # seen in training costs accuracy here
+        ds72, classes72, prompts72 = BI.zeroshot_task(model.img.image_size, len(ds),
+                                                      classes="all")
+        m["acc1_72way"] = evaluate_zeroshot(model, ds72, classes72, prompts72,
+                                            canonicalize=not args.no_canonicalize,
+                                            ties=args.ties, **kw)["acc1"]
+    return m
+
+
+def _load_retrieval(args, model):
     from clippo.eval.data import read_karpathy_json, read_retrieval_csv
-    from clippo.eval.retrieval import CaptionedImages, evaluate_retrieval
-    if model is None:
-        model, precision, name = _setup(args)
-    ks = tuple(args.recall_k)
-    chance = None
+    from clippo.eval.retrieval import CaptionedImages
+    queries, extra = None, {}
     if args.data == BUILTIN:
         task = BI.retrieval_task(model.img.image_size)
-        ds = CaptionedImages(zip(task["images"], task["captions"]), model.img.image_size)
-        chance = BI.chance_table(len(ds), 2, ks)
+        pairs, chance = zip(task["images"], task["captions"]), BI.chance_table(
+            len(task["captions"]), 2, args.recall_k)
+        queries = BI.query_indices(task)
+        extra = dict(part="test", baselines=BI.retrieval_baselines(task, queries))
     elif str(args.data).lower().endswith(".json"):
-        ds = CaptionedImages(read_karpathy_json(args.data, args.split, args.image_root),
-                             model.img.image_size)
+        pairs, chance = read_karpathy_json(args.data, args.split, args.image_root), None
     else:
-        ds = CaptionedImages(read_retrieval_csv(args.data, args.csv_img_key,
-                                                args.csv_caption_key, args.csv_separator,
-                                                args.image_root), model.img.image_size)
-    m = evaluate_retrieval(model, ds, ks=ks, ties=args.ties, **_kw(args, precision))
-    skipped = m.pop("skipped")
-    res = result("zeroshot_retrieval", args.data, name, m, len(skipped),
-                 skipped_files=_skipped_files(ds, skipped))
-    if chance:
-        res["chance"] = chance
-    return res
+        pairs, chance = read_retrieval_csv(args.data, args.csv_img_key, args.csv_caption_key,
+                                           args.csv_separator, args.image_root), None
+    return (CaptionedImages(pairs, model.img.image_size), queries), chance, extra
 
 
-def run_multilingual(args, model=None, precision=None, name=None):
+def _score_retrieval(args, model, inputs, kw):
+    from clippo.eval.retrieval import evaluate_retrieval
+    ds, queries = inputs
+    return evaluate_retrieval(model, ds, ks=tuple(args.recall_k), ties=args.ties,
+                              queries=queries, **kw)
+
+
+def _load_multilingual(args, model):
     from clippo.eval.data import read_xm3600
-    from clippo.eval.retrieval import CaptionedImages, evaluate_multilingual_retrieval
-    if model is None:
-        model, precision, name = _setup(args)
-    ks = tuple(args.recall_k)
-    chance = None
+    from clippo.eval.retrieval import CaptionedImages
+    queries, extra = None, {}
     if args.data == BUILTIN:
         task = BI.multilingual_task(model.img.image_size)
-        ds = CaptionedImages(zip(task["images"], task["captions"]), model.img.image_size)
-        languages = args.languages or task["languages"]
-        chance = BI.chance_table(len(ds), 1, ks)
+        pairs, languages = zip(task["images"], task["captions"]), \
+            args.languages or task["languages"]
+        chance = BI.chance_table(len(task["captions"]), 1, args.recall_k)
+        queries = BI.query_indices(task)
+        extra = dict(part="test", baselines=BI.retrieval_baselines(task, queries))
     else:
-        pairs, languages = read_xm3600(args.data, args.image_root, args.languages)
-        ds = CaptionedImages(pairs, model.img.image_size)
-    m = evaluate_multilingual_retrieval(model, ds, languages, ks=ks, ties=args.ties,
-                                        **_kw(args, precision))
-    skipped = m.pop("skipped")
-    res = result("multilingual_retrieval", args.data, name, m, len(skipped),
-                 skipped_files=_skipped_files(ds, skipped))
-    if chance:
-        res["chance"] = chance
-    return res
+        (pairs, languages), chance = read_xm3600(args.data, args.image_root,
+                                                 args.languages), None
+    return (CaptionedImages(pairs, model.img.image_size), languages, queries), chance, extra
+
+
+def _score_multilingual(args, model, inputs, kw):
+    from clippo.eval.retrieval import evaluate_multilingual_retrieval
+    ds, languages, queries = inputs
+    return evaluate_multilingual_retrieval(model, ds, languages, ks=tuple(args.recall_k),
+                                           ties=args.ties, queries=queries, **kw)
 
 
 def _glue_task(args):
@@ -325,18 +340,8 @@ def _glue_task(args):
     return GLUE_TASKS[name]
 
 
-def run_nlu(args, model=None, precision=None, name=None):
+def _load_nlu(args, model):
     from clippo.eval.data import glue_eval_files, read_glue_tsv
-    from clippo.eval.nlu import evaluate_nlu
-    if model is None:
-        model, precision, name = _setup(args)
-    kw = dict(mode=args.mode, pair_encoding=args.pair_encoding, separator=args.pair_separator,
-              layer=args.layer, epochs=args.epochs, lr=args.lr, weight_decay=args.wd,
-              hidden=args.hidden, seed=args.seed, precision=precision,
-              progress=not args.quiet)
-    if args.mode == "finetune":
-        kw["batch_size"] = args.batch_size
-    chance = None
     if args.data == BUILTIN:
         tasks = BI.nlu_tasks()
         chosen = [args.glue_task] if args.glue_task else list(tasks)
@@ -344,57 +349,54 @@ def run_nlu(args, model=None, precision=None, name=None):
         if unknown:
             raise ValueError(f"unknown built-in NLU task {unknown[0]!r}; expected one of "
                              f"{list(tasks)}")
-        metrics = {t: evaluate_nlu(model, tasks[t][0], tasks[t][1], tasks[t][2], **kw)
-                   for t in chosen}
-        chance = {t: BI.NLU_CHANCE[t] for t in chosen}
-    else:
-        task = _glue_task(args)
-        train = args.train or str(Path(args.data) / "train.tsv")
-        tests = {name: read_glue_tsv(f, task)
-                 for name, f in glue_eval_files(task, args.data, args.test).items()}
-        metrics = evaluate_nlu(model, task, read_glue_tsv(train, task), tests, **kw)
-    res = result("nlu", args.data, name, metrics, 0, mode=args.mode)
-    if chance:
-        res["chance"] = chance
-    return res
+        return [(t, *tasks[t]) for t in chosen], {t: BI.NLU_CHANCE[t] for t in chosen}, \
+            dict(mode=args.mode)
+    task = _glue_task(args)
+    train = args.train or str(Path(args.data) / "train.tsv")
+    tests = {name: read_glue_tsv(f, task)
+             for name, f in glue_eval_files(task, args.data, args.test).items()}
+    return [(None, task, read_glue_tsv(train, task), tests)], None, dict(mode=args.mode)
 
 
-def run_vqa(args, model=None, precision=None, name=None):
+def _score_nlu(args, model, tasks, kw):
+    from clippo.eval.nlu import evaluate_nlu
+    nlu_kw = dict(mode=args.mode, pair_encoding=args.pair_encoding,
+                  separator=args.pair_separator, layer=args.layer, epochs=args.epochs,
+                  lr=args.lr, weight_decay=args.wd, hidden=args.hidden, seed=args.seed,
+                  precision=kw["precision"], progress=kw["progress"])
+    if args.mode == "finetune":
+        nlu_kw["batch_size"] = args.batch_size
+    metrics = {}
+    for key, task, train, test in tasks:  # key None: GLUE's tests, named by evaluate_nlu
+        m = evaluate_nlu(model, task, train, test, **nlu_kw)
+        metrics.update(m if key is None else {key: m})
+    return dict(metrics, skipped=[])
+
+
+def _load_vqa(args, model):
     from clippo.eval.data import read_vqa
-    from clippo.eval.vqa import evaluate_vqa
-    if model is None:
-        model, precision, name = _setup(args)
-    chance = None
     if args.data == BUILTIN:
         train, test = BI.vqa_task(model.img.image_size)
-        chance = {"vqa_accuracy": BI.vqa_chance(test)}
-    else:
-        if not args.train_data:
-            raise ValueError("vqa needs --train-data (questions to train the answer "
-                             "classifier on)")
-        train = read_vqa(args.train_data, args.train_annotations,
-                         args.train_image_root or args.image_root, args.image_template)
-        test = read_vqa(args.data, args.annotations, args.image_root, args.image_template)
-    m = evaluate_vqa(model, train, test, band=args.band, layout=args.layout, layer=args.layer,
-                     max_answers=args.max_answers, hidden=args.hidden, epochs=args.epochs,
-                     lr=args.lr, weight_decay=args.wd, seed=args.seed,
-                     answer_rule="normalized" if args.normalize_answers else "official",
-                     **_kw(args, precision))
-    skipped = m.pop("skipped")
-    skipped_train = m.pop("skipped_train")
-    res = result("vqa", args.data, name, m, len(skipped) + len(skipped_train),
-                 skipped_files=[str(test[i]["image"]) for i in skipped[:20]
-                                if isinstance(test[i]["image"], str)])
-    if chance:
-        res["chance"] = chance
-    return res
+        return (train, test), {"vqa_accuracy": BI.vqa_chance(test)}, {}
+    if not args.train_data:
+        raise ValueError("vqa needs --train-data (questions to train the answer classifier on)")
+    train = read_vqa(args.train_data, args.train_annotations,
+                     args.train_image_root or args.image_root, args.image_template)
+    test = read_vqa(args.data, args.annotations, args.image_root, args.image_template)
+    return (train, test), None, {}
 
 
-def run_fewshot(args, model=None, precision=None, name=None):
-    from clippo.eval.fewshot import evaluate_fewshot
-    if model is None:
-        model, precision, name = _setup(args)
-    chance = None
+def _score_vqa(args, model, inputs, kw):
+    from clippo.eval.vqa import evaluate_vqa
+    train, test = inputs
+    return evaluate_vqa(model, train, test, band=args.band, layout=args.layout,
+                        layer=args.layer, max_answers=args.max_answers, hidden=args.hidden,
+                        epochs=args.epochs, lr=args.lr, weight_decay=args.wd, seed=args.seed,
+                        answer_rule="normalized" if args.normalize_answers else "official",
+                        **kw)
+
+
+def _load_fewshot(args, model):
     if args.data == BUILTIN:
         train, test, classes = BI.fewshot_task(model.img.image_size)
         chance = {f"acc1_{k}shot": 1 / len(classes) for k in args.shots}
@@ -406,27 +408,88 @@ def run_fewshot(args, model=None, precision=None, name=None):
         if list(test_classes) != list(classes):
             raise ValueError(f"--train {args.train} and --data {args.data} have different "
                              f"classes")
-    m = evaluate_fewshot(model, train, test, len(classes), shots=tuple(args.shots),
-                         num_seeds=args.seeds, l2=args.l2, layer=args.layer,
-                         **_kw(args, precision))
-    skipped = m.pop("skipped")
-    skipped_train = m.pop("skipped_train")
-    res = result("fewshot_linear_probe", args.data, name, m, len(skipped) + len(skipped_train),
-                 num_classes=len(classes),
-                 skipped_files=_skipped_files(test, skipped) + _skipped_files(train,
-                                                                             skipped_train))
+        chance = None
+    return (train, test, classes), chance, dict(num_classes=len(classes))
+
+
+def _score_fewshot(args, model, inputs, kw):
+    from clippo.eval.fewshot import evaluate_fewshot
+    train, test, classes = inputs
+    return evaluate_fewshot(model, train, test, len(classes), shots=tuple(args.shots),
+                            num_seeds=args.seeds, l2=args.l2, layer=args.layer, **kw)
+
+
+def _image_roots(args):
+    """Where relative image paths of a task's files were looked for (for error messages)."""
+    if args.data == BUILTIN:
+        return "built-in images"
+    data = Path(args.data)
+    if args.task == "vqa":
+        test = args.image_root or data.parent
+        train = args.train_image_root or args.image_root or Path(args.train_data).parent
+        return f"{test} (evaluation), {train} (training)"
+    if args.task == "fewshot":
+        return ", ".join(str(p if Path(p).is_dir() else (args.image_root or Path(p).parent))
+                         for p in (args.train, args.data))
+    if data.is_dir():
+        return str(data)
+    return str(args.image_root or data.parent)
+
+
+class Task:
+    """One `clippo eval` subcommand: load(args, model) -> (inputs, chance, extra);
+    score(args, model, inputs, kw) -> metrics; datasets(inputs) -> (test, train or None), the
+    image datasets whose skipped files the result lists."""
+
+    def __init__(self, result_name, load, score, datasets=None):
+        self.result_name, self.load, self.score = result_name, load, score
+        self.datasets = datasets
+
+
+TASKS = {
+    "zeroshot": Task("zeroshot_classification", _load_zeroshot, _score_zeroshot,
+                     lambda inputs: (inputs[0], None)),
+    "retrieval": Task("zeroshot_retrieval", _load_retrieval, _score_retrieval,
+                      lambda inputs: (inputs[0], None)),
+    "multilingual": Task("multilingual_retrieval", _load_multilingual, _score_multilingual,
+                         lambda inputs: (inputs[0], None)),
+    "nlu": Task("nlu", _load_nlu, _score_nlu),
+    "vqa": Task("vqa", _load_vqa, _score_vqa, lambda inputs: (inputs[1], inputs[0])),
+    "fewshot": Task("fewshot_linear_probe", _load_fewshot, _score_fewshot,
+                    lambda inputs: (inputs[1], inputs[0])),
+}
+
+
+def run_task(task, args, model=None, precision=None, name=None):
+    """Run `clippo eval TASK` (args: its parsed flags) on `model` (default: --model's);
+    returns the JSON-ready result. A task that scores no sample at all raises NothingScored
+    naming the data and the image root tried."""
+    spec = TASKS[task]
+    if model is None:
+        model, precision, name = _setup(args)
+    inputs, chance, extra = spec.load(args, model)
+    try:
+        m = spec.score(args, model, inputs, _kw(args, precision))
+    except NothingScored as e:
+        raise NothingScored(f"{args.data}: {e}; image root tried: {_image_roots(args)}") \
+            from None
+    skipped, skipped_train = m.pop("skipped"), m.pop("skipped_train", [])
+    files = []
+    if spec.datasets:
+        test, train = spec.datasets(inputs)
+        files = _skipped_files(test, skipped) + (
+            _skipped_files(train, skipped_train) if train is not None else [])
+    res = result(spec.result_name, args.data, name, m, len(skipped) + len(skipped_train),
+                 **extra, **({"skipped_files": files} if spec.datasets else {}))
     if chance:
         res["chance"] = chance
     return res
 
 
-RUNNERS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval,
-           "multilingual": run_multilingual, "nlu": run_nlu, "vqa": run_vqa,
-           "fewshot": run_fewshot}
-
 # The numbers of the results table: (task, metric path in the result's metrics).
 TABLE_METRICS = [
     ("zeroshot", "acc1"), ("zeroshot", "acc5"), ("zeroshot", "mean_per_class_recall"),
+    ("zeroshot", "acc1_72way"),
     ("retrieval", "image_retrieval_recall@1"), ("retrieval", "text_retrieval_recall@1"),
     ("retrieval", "image_retrieval_recall@5"), ("retrieval", "text_retrieval_recall@5"),
     ("multilingual", "image_retrieval_recall@1"), ("multilingual", "text_retrieval_recall@1"),
@@ -455,12 +518,12 @@ def run_all(args):
         models.append(("random init", baseline, name + " (random init)"))
     results = {"model": name, "tasks": {}}
     for label, m, mname in models:
-        for task, runner in RUNNERS.items():
+        for task in TASKS:
             targs = builtin_defaults(task)
             for k in ("device", "batch_size", "workers", "seed", "quiet", "precision"):
                 setattr(targs, k, getattr(args, k))
             start = time.perf_counter()
-            res = runner(targs, m, precision, mname)
+            res = run_task(task, targs, m, precision, mname)
             res["seconds"] = round(time.perf_counter() - start, 2)
             results["tasks"].setdefault(task, {})[label] = res
             if not args.quiet:
@@ -470,12 +533,14 @@ def run_all(args):
         entry = results["tasks"][task]
         row = {"task": task, "metric": key,
                "model": flatten(entry["model"]["metrics"]).get(key),
-               "chance": flatten(entry["model"].get("chance", {})).get(key)}
+               "chance": flatten(entry["model"].get("chance", {})).get(key),
+               "best single attribute": entry["model"].get("baselines", {}).get(
+                   key, {}).get("best")}
         if "random init" in entry:
             row["random init"] = flatten(entry["random init"]["metrics"]).get(key)
         rows.append(row)
     columns = ["task", "metric", "model"] + (["random init"] if args.baseline else []) + \
-        ["chance"]
+        ["chance", "best single attribute"]
     md = table(rows, columns)
     results["table"] = rows
     print(md)
@@ -492,7 +557,7 @@ def run(args):
     """Run the task of parsed arguments; returns its JSON-ready result."""
     if args.task == "all":
         return run_all(args)
-    res = RUNNERS[args.task](args)
+    res = run_task(args.task, args)
     return _finish(args, res, f"{args.task}.json")
 
 

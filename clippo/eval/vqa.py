@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clippo.eval import metrics as M
-from clippo.eval.common import model_features, precision_context, progress_bar
+from clippo.eval.common import NothingScored, model_features, precision_context, progress_bar
 from clippo.eval.data import ImageDataset, loader, resize_uint8
 from clippo.eval.probe import train_head
 
@@ -118,6 +118,9 @@ def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logi
     kw = dict(band=band, layout=layout, layer=layer, batch_size=batch_size,
               num_workers=num_workers, precision=precision, progress=progress)
     f_train, kept_train, skipped_train = question_features(model, train, desc="train", **kw)
+    if not kept_train:
+        raise NothingScored(f"no training image could be decoded ({len(skipped_train)} "
+                            f"skipped): no answer classifier to train")
     scores = answer_scores([train[i] for i in kept_train], vocab)
     answerable = scores.sum(1) > 0  # questions none of whose answers made the vocabulary
     if not answerable.any():
@@ -127,11 +130,14 @@ def evaluate_vqa(model, train, test, *, band=None, layout="top", layer="pre_logi
                       epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
                       device=model.device)
     f_test, kept_test, skipped_test = question_features(model, test, desc="test", **kw)
-    pred = head(f_test).argmax(1).tolist() if len(kept_test) else []
+    if not kept_test:
+        raise NothingScored(f"no test image could be decoded ({len(skipped_test)} skipped): "
+                            f"no question to score")
+    pred = head(f_test).argmax(1).tolist()
     answers = [vocab[p] for p in pred]
     per_question = [M.vqa_accuracy(a, test[i]["answers"], answer_rule)
                     for a, i in zip(answers, kept_test)]
-    out = {"vqa_accuracy": float(np.mean(per_question)) if per_question else float("nan")}
+    out = {"vqa_accuracy": float(np.mean(per_question))}
     types = {}
     for acc, i in zip(per_question, kept_test):
         t = test[i].get("answer_type", test[i].get("kind"))

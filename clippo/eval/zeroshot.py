@@ -9,7 +9,7 @@ re-normalised; an image's class is the argmax of its embedding's dot products wi
 import torch
 
 from clippo.eval import metrics as M
-from clippo.eval.common import encode_images, encode_texts
+from clippo.eval.common import NothingScored, encode_images, encode_texts
 from clippo.eval.data import loader
 from clippo.eval.templates import canonical_class_names, canonical_templates, load_templates
 from clippo.eval.templates import canonicalize as canonicalize_text
@@ -60,6 +60,8 @@ def zeroshot_logits(model, batches, classifier, *, precision="fp32", progress=Fa
     """(logits [N, C], targets [N], skipped indices) of the images in `collate` batches."""
     z, targets, _, skipped = encode_images(model, batches, precision=precision,
                                            progress=progress, desc="zero-shot", total=total)
+    if not len(targets):  # nothing decoded: no features to score
+        return torch.zeros(0, classifier.shape[1]), torch.zeros(0, dtype=torch.long), skipped
     logits = z.to(classifier.device) @ classifier
     return logits.cpu(), torch.as_tensor(targets, dtype=torch.long), skipped
 
@@ -87,10 +89,12 @@ def evaluate_zeroshot(model, dataset, classnames, templates="clip", *, classifie
     total = len(batches) if hasattr(batches, "__len__") else None
     logits, targets, skipped = zeroshot_logits(model, batches, classifier, precision=precision,
                                                progress=progress, total=total)
-    if targets.numel() and (targets.min() < 0 or targets.max() >= len(classnames)):
+    if not targets.numel():
+        raise NothingScored(f"no image could be decoded ({len(skipped)} skipped): nothing to "
+                            f"classify")
+    if targets.min() < 0 or targets.max() >= len(classnames):
         raise ValueError(f"targets must be class indices below {len(classnames)}")
-    out = M.classification_metrics(logits, targets, ties) if targets.numel() else {
-        "acc1": float("nan"), "acc5": float("nan"), "mean_per_class_recall": float("nan")}
+    out = M.classification_metrics(logits, targets, ties)
     out["num_samples"] = int(targets.numel())
     out["skipped"] = list(skipped)
     return out

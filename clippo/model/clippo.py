@@ -198,6 +198,8 @@ class CLIPPO(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, device=None):
+        """A model from a save_pretrained directory, or a `clippo train` output folder (its
+        model/)."""
         from clippo import convert
         return convert.load_pretrained(directory, cls, device=device)
 

@@ -120,10 +120,12 @@ def _loader(dataset, batch_sampler, collate_fn, workers, seed, pin_memory=False)
     import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
+    from clippo.train.stop import ignore_stop_signals
+
     generator = torch.Generator().manual_seed(seed)  # worker seeds: independent of global RNG
     return StatefulDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
                               num_workers=workers, pin_memory=pin_memory, generator=generator,
-                              persistent_workers=False,
+                              persistent_workers=False, worker_init_fn=ignore_stop_signals,
                               **({"prefetch_factor": 2} if workers else {}))
 
 
@@ -131,10 +133,13 @@ class TrainData:
     """The training batches of one rank: iterate for batch dicts; state_dict() for resuming.
 
     steps_per_epoch: batches per epoch of the image-text data (None when unknown).
+    num_samples: image-text samples per epoch (None when unknown).
     """
 
-    def __init__(self, loader, *, steps_per_epoch, describe, image_batch, pair_batch=0):
+    def __init__(self, loader, *, steps_per_epoch, describe, image_batch, pair_batch=0,
+                 num_samples=None):
         self.loader = loader
+        self.num_samples = num_samples  # image-text samples per epoch (None when unknown)
         self.steps_per_epoch = steps_per_epoch
         self.describe = describe
         self.image_batch, self.pair_batch = image_batch, pair_batch
@@ -229,8 +234,9 @@ def _webdataset_loader(args, image_size, batch_size, rank, world_size):
                                   num_samples=args.train_num_samples, batch_size=batch_size,
                                   num_workers=args.workers, seed=args.seed, rank=rank,
                                   world_size=world_size)
+    from clippo.train.stop import ignore_stop_signals
     loader = StatefulDataLoader(dataset, batch_size=None, num_workers=args.workers,
-                                pin_memory=_pin_memory(args),
+                                pin_memory=_pin_memory(args), worker_init_fn=ignore_stop_signals,
                                 generator=torch.Generator().manual_seed(args.seed))
     return EpochLoop(loader, dataset), len(dataset)
 
@@ -251,6 +257,7 @@ def get_data(args, image_size, rank=0, world_size=1):
         image_loader, steps_per_epoch = _webdataset_loader(args, image_size, image_batch, rank,
                                                            world_size)
         describe = f"WebDataset {args.train_data} ({args.train_num_samples:,} samples/epoch)"
+        num_samples = args.train_num_samples
     else:
         dataset = _image_text_dataset(args, kind, image_size)
         if len(dataset) == 0:
@@ -259,12 +266,13 @@ def get_data(args, image_size, rank=0, world_size=1):
         image_loader = _loader(dataset, sampler, collate_image_text, args.workers,
                                seed=args.seed * 1_000_003 + rank, pin_memory=_pin_memory(args))
         steps_per_epoch = max(1, sampler.per_rank // image_batch)
+        num_samples = len(dataset)
         describe = (f"built-in scenes ({len(dataset):,} samples)" if kind == "builtin" else
                     f"CSV {args.train_data} ({len(dataset):,} samples)")
 
     if not with_pairs:
         return TrainData(image_loader, steps_per_epoch=steps_per_epoch, describe=describe,
-                         image_batch=image_batch)
+                         image_batch=image_batch, num_samples=num_samples)
 
     pairs = _text_pair_dataset(args)
     pair_sampler = ShardedBatchSampler(len(pairs), pair_batch, rank, world_size,
@@ -274,7 +282,7 @@ def get_data(args, image_size, rank=0, world_size=1):
     describe += f" + text pairs {args.text_pairs} ({pair_batch} of {args.batch_size} per batch)"
     return TrainData(MixedLoader(image_loader, pair_loader, pair_batch),
                      steps_per_epoch=steps_per_epoch, describe=describe,
-                     image_batch=image_batch, pair_batch=pair_batch)
+                     image_batch=image_batch, pair_batch=pair_batch, num_samples=num_samples)
 
 
 def steps_for_epochs(epochs, steps_per_epoch):

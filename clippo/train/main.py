@@ -5,15 +5,32 @@
 
 Writes, under --output DIR:
     metrics.jsonl         one JSON object per logged step (step, epoch, loss, lr, samples_per_s,
-                          skipped, logit_scale, grad_norm, data_time, step_time, batch_size),
-                          from rank 0; TensorBoard event files too when tensorboard is installed
-    checkpoints/          step_<step>.pt every --save-every steps and at the end (atomic)
+                          skipped, nonfinite_steps, logit_scale, grad_norm, data_time,
+                          step_time, batch_size), from rank 0; TensorBoard event files too when
+                          tensorboard is installed
+    checkpoints/          step_<step>.pt every --save-every steps, at the end and when stopped
+                          by SIGINT/SIGTERM (atomic)
     model/                the final model, as CLIPPO.save_pretrained writes it
-    args.json             the resolved flags of the (latest) run
+    args.json             the resolved flags of the (latest) run: `clippo train --config
+                          DIR/args.json --resume latest` continues it
 
 Resuming (--resume latest) restores the model, optimizer, loss, step, every rank's RNG states
-and data position, and cuts metrics.jsonl back to the checkpoint's step, so the file ends up
-as an uninterrupted run's would be (the timings aside).
+and data position, and appends to metrics.jsonl (lines of steps after the checkpoint's, which a
+killed run wrote, are dropped), so the file ends up as an uninterrupted run's would be (the
+timings aside). A resume whose model, data or schedule flags differ from the checkpoint's is
+refused, naming them (--resume-allow-changes proceeds with a warning).
+
+Non-finite steps: a step whose gradient norm is NaN/Inf makes no update (weights and optimizer
+moments stay); it and a step with a NaN/Inf loss are counted (nonfinite_steps), and
+--max-nonfinite of them in a row stop the run with an error naming the last checkpoint. No
+checkpoint or model/ holding a NaN/Inf tensor is ever written.
+
+Skipped samples (unreadable images, empty captions) are counted; the loss is averaged over the
+steps that had samples; above 1% skipped in a logging interval a warning names a few of them,
+and above --max-skip-fraction (over the samples read since the last check, made at logged
+steps once 100 samples were read) the run stops with an error.
+
+SIGINT/SIGTERM: see clippo.train.stop (checkpoint of the current step, exit code 128 + signal).
 
 A full disk while saving a checkpoint leaves the previous checkpoints intact: the failed save
 is reported as a warning and training goes on (the next save tries again). Failing to write
@@ -25,6 +42,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -36,12 +54,19 @@ import torch
 from clippo.train import checkpoint as ckpt_lib
 from clippo.train import distributed as dist_lib
 from clippo.train.data import check_sources, get_data, steps_for_epochs
-from clippo.train.params import parse_args
+from clippo.train.nonfinite import nonfinite_tensors
+from clippo.train.params import SKIP_CHECK_SAMPLES, changed_flags, parse_args, run_config
 from clippo.train.scheduler import Schedule
 from clippo.train.step import ContrastiveTask, train_step
+from clippo.train.stop import StopRequested, StopSignals
 
 COLLAPSE_TOLERANCE = 1e-3  # |loss - log(batch)| below this: every embedding the same
 COLLAPSE_STEPS = 50
+SKIP_WARN_SHARE = 0.01  # warn when more of a logging interval's samples were skipped
+SKIP_NAMES_SHOWN = 3
+
+# the per-step statistics summed over ranks and over a logging interval (a float64 vector)
+LOSS, ROWS, SKIPPED, COUNTED, NONFINITE, STOP = range(6)
 
 
 class TrainError(ValueError):
@@ -91,13 +116,36 @@ def param_groups(task, weight_decay):
 
 
 def build_optimizer(args, task):
+    """AdamW (torch's fused kernel where the device has one: it skips a non-finite step on
+    the device, see clippo.train.nonfinite) or Adafactor."""
     groups = param_groups(task, args.wd)
     if args.opt == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2),
-                                 eps=args.eps)
+        kw = dict(lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, ValueError):  # no fused kernel for these parameters
+            return torch.optim.AdamW(param_groups(task, args.wd), **kw)
     if args.opt == "adafactor":
         return torch.optim.Adafactor(groups, lr=args.lr)
     raise TrainError(f"unknown optimizer {args.opt!r}")
+
+
+def configure_cuda(device):
+    """On CUDA, TF32 for float32 matmuls and cuDNN convolutions, as OpenCLIP's trainer sets
+    them (a 10-bit mantissa inside fp32 GEMMs; bf16 autocast is unaffected)."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def clamp_logit_scale(model, logit_scale_max):
+    """Keep the learned temperature t = log(logit scale) in [0, log(logit_scale_max)], as
+    OpenCLIP clamps its logit_scale after every update (0: no clamp; the reference, big_vision,
+    learns t unclamped)."""
+    if logit_scale_max:
+        with torch.no_grad():
+            model.t.clamp_(0.0, math.log(logit_scale_max))
 
 
 def enable_grad_checkpointing(model):
@@ -119,7 +167,7 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        self._truncate(start_step)
+        self._drop_after(start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed
@@ -127,20 +175,27 @@ class MetricsLog:
         if SummaryWriter is not None:
             self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
 
-    def _truncate(self, start_step):
-        """Keep the lines of steps <= start_step (a resumed run rewrites what follows)."""
+    def _drop_after(self, start_step):
+        """A resumed run appends: the file keeps every line of steps <= start_step; lines of
+        later steps (written by a killed run after its last checkpoint, and written again by
+        this run) or cut short are dropped. The file is rewritten (atomically) only then."""
         if not self.path.exists():
             return
-        kept = []
+        kept, dropped = [], False
         with open(self.path, encoding="utf-8") as f:
             for line in f:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # the line a killed run was writing
+                    dropped = True  # the line a killed run was writing
+                    continue
                 if isinstance(record, dict) and isinstance(record.get("step"), int) \
                         and record["step"] <= start_step:
-                    kept.append(json.dumps(record) + "\n")
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped = True
+        if not dropped:
+            return
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -216,10 +271,19 @@ def _check_resume_compatible(ckpt, args, env, model):
     if {"text_tokens": "all", **ckpt["model_config"]} != model.config:
         raise TrainError("the checkpoint's model differs from --model and its overrides: "
                          f"checkpoint {ckpt['model_config']}, flags {model.config}")
-    for key in ("batch_size", "accum_freq", "train_data", "text_pairs", "loss", "opt"):
-        if ckpt["args"].get(key) != getattr(args, key):
-            raise TrainError(f"--{key.replace('_', '-')} {getattr(args, key)!r} differs from the "
-                             f"checkpoint's {ckpt['args'].get(key)!r}")
+    changes = changed_flags(ckpt["args"], args, ckpt["world_size"], env.world_size)
+    if not changes:
+        return
+    listed = ", ".join(f"--{flag.replace('_', '-')} {old!r} -> {new!r}"
+                       for flag, old, new in changes)
+    if args.resume_allow_changes:
+        _log(env, f"WARNING: resuming with flags that differ from the checkpoint's run "
+                  f"(--resume-allow-changes): {listed}; the run no longer continues exactly")
+        return
+    raise TrainError(f"these flags differ from the checkpoint's run: {listed}. Resume with the "
+                     f"run's own flags (clippo train --config {Path(args.output) / 'args.json'} "
+                     f"--resume latest), or pass --resume-allow-changes to go on with the new "
+                     f"ones")
 
 
 def _seed_everything(seed):
@@ -257,6 +321,7 @@ class Trainer:
 
     def __init__(self, args, env):
         self.args, self.env, self.device = args, env, env.device
+        self.bar = None  # the progress bar, during train()
         self.out_dir = Path(args.output)
         self.ckpt_dir = self.out_dir / "checkpoints"
         try:
@@ -271,6 +336,7 @@ class Trainer:
         dist_lib.barrier(env)
         self.resume_path, ckpt = _resolve_resume(args, self.ckpt_dir, env)
 
+        configure_cuda(self.device)
         _seed_everything(args.seed)  # the same initial weights on every rank
         self.model = build_model(args)
         self.image_size = self.model.config["image_size"]
@@ -301,6 +367,7 @@ class Trainer:
             self.data = get_data(args, self.image_size, env.rank, env.world_size)
         except FileNotFoundError as e:
             raise TrainError(str(e)) from None
+        self._warn_batch_larger_than_data()
         self.total_steps = args.steps or steps_for_epochs(args.epochs or 1.0,
                                                           self.data.steps_per_epoch)
         try:
@@ -318,15 +385,20 @@ class Trainer:
         # what a checkpoint carries besides the weights: step, data position, RNG states, the
         # collapse watchdog and the partly filled logging interval
         self.step = 0
-        self.watchdog = {"streak": 0, "warned": False}
-        self.stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, rows, skip
+        # streak: the collapse watchdog's; nonfinite_streak: non-finite steps in a row;
+        # skip_window: (samples read, skipped) since the last --max-skip-fraction check
+        self.watchdog = {"streak": 0, "warned": False, "nonfinite_streak": 0,
+                         "skip_window": [0, 0]}
+        self.stats = torch.zeros(STOP, dtype=torch.float64, device=self.device)  # LOSS..NONFINITE
         self.interval_steps = 0
         if ckpt is not None:
             self.step = int(ckpt["step"])
             self.data.load_state_dict(ckpt["data"][env.rank])
-            self.watchdog = dict(ckpt["watchdog"])
-            self.stats.copy_(ckpt["log_interval"]["stats"])
+            self.watchdog.update(ckpt["watchdog"])
+            saved = ckpt["log_interval"]["stats"]
+            self.stats[:len(saved)].copy_(saved)
             self.interval_steps = int(ckpt["log_interval"]["steps"])
+        self.last_checkpoint = self.resume_path
         self.batches = iter(self.data)  # starts the workers (and draws their base seed)
         if ckpt is not None:
             ckpt_lib.set_rng_state(ckpt["rng"][env.rank])
@@ -334,13 +406,62 @@ class Trainer:
             torch.manual_seed(args.seed * 1_000_003 + env.rank)
         self.start_step = self.step
         self.metrics = MetricsLog(self.out_dir, self.step, env.is_master)
-        self.bar = None
+        self.skip_names = []  # a few names of this interval's skipped samples (this rank)
+        self.stop_signals = StopSignals()
+        self.stop_pending = None
 
     def log(self, message):
         _log(self.env, message, self.bar)
 
+    def _warn_batch_larger_than_data(self):
+        n = self.data.num_samples
+        batch = self.data.image_batch * self.env.world_size
+        if n and batch > n:
+            self.log(f"WARNING: the global batch of image-text pairs ({batch}) is larger than "
+                     f"the dataset ({n} samples): batches repeat samples, and a repeated pair "
+                     f"is a false negative of itself in the contrastive loss. Use a smaller "
+                     f"--batch-size or more data.")
+
+    def _resume_command(self):
+        launcher = "clippo train"
+        if self.env.distributed:  # the user's own torchrun options go where "..." stands
+            launcher = "torchrun ... -m clippo.train"
+        return f"{launcher} --config {self.out_dir / 'args.json'} --resume latest"
+
+    def _check_state_finite(self):
+        """FloatingPointError before a save if a weight or optimizer state is NaN/Inf."""
+        bad = nonfinite_tensors(self.task.state_dict(), self.optimizer.state_dict()["state"])
+        if bad:
+            raise FloatingPointError(
+                f"at step {self.step}, {len(bad)} tensors of the model/optimizer state are "
+                f"NaN or Inf (e.g. {', '.join(bad[:3])}); nothing was saved. "
+                + self._last_good())
+
+    def _last_good(self):
+        if self.last_checkpoint is None:
+            return "No checkpoint was written before; start again with a lower --lr."
+        return (f"The last good checkpoint is {self.last_checkpoint}: resume from it with a "
+                f"lower --lr, e.g. clippo train --config {self.out_dir / 'args.json'} --resume "
+                f"{self.last_checkpoint} --lr {self.args.lr / 10:.2g} --resume-allow-changes")
+
+    def _check_nonfinite_streak(self):
+        """FloatingPointError after --max-nonfinite non-finite steps in a row (checked at
+        logged and saved steps from device counters: no host sync in the other steps)."""
+        longest, streak = (int(v) for v in torch.stack(
+            [self.nonfinite_longest, self.nonfinite_streak]).tolist())
+        self.watchdog["nonfinite_streak"] = streak
+        self.nonfinite_longest.copy_(self.nonfinite_streak)
+        if longest >= self.args.max_nonfinite:
+            raise FloatingPointError(
+                f"{longest} steps in a row up to step {self.step} had a NaN/Inf gradient "
+                f"norm or loss (--max-nonfinite {self.args.max_nonfinite}); their updates "
+                f"were skipped. " + self._last_good())
+
     def save_checkpoint(self):
-        """Gather every rank's RNG and data state; rank 0 writes the file (atomically)."""
+        """Gather every rank's RNG and data state; rank 0 writes the file (atomically).
+        Never a state holding NaN/Inf (FloatingPointError instead)."""
+        self._check_nonfinite_streak()
+        self._check_state_finite()
         states = dist_lib.all_gather_object(
             {"rng": ckpt_lib.rng_state(), "data": self.data.state_dict()}, self.env)
         if not self.env.is_master:
@@ -363,14 +484,23 @@ class Trainer:
                      f"checkpoints are intact and training goes on")
             return None
         ckpt_lib.prune(self.ckpt_dir, self.args.keep)
+        self.last_checkpoint = path
         return path
 
     def _step(self, batch):
-        """One update (none for a batch whose every sample was skipped) -> device tensors
-        (loss, rows, skipped) summed over ranks, the loss as the ranks' mean."""
+        """One update (none for a batch whose every sample was skipped, or whose gradient is
+        NaN/Inf) -> the step's statistics on the device, summed over ranks (indices LOSS ...
+        STOP): the loss (the ranks' mean; 0 when the step is not counted), rows and skipped
+        samples, whether the loss counts (the step had rows and all is finite), whether it
+        was non-finite, and whether a rank was asked to stop."""
         args, env = self.args, self.env
-        local = torch.zeros(3, dtype=torch.float64, device=self.device)
-        local[2].fill_(int(batch.get("skipped", 0)))
+        local = torch.zeros(STOP + 1, dtype=torch.float64, device=self.device)
+        local[SKIPPED].fill_(int(batch.get("skipped", 0)))
+        if self.stop_signals.signum is not None:
+            local[STOP].fill_(1)
+        if batch.get("skipped_names") and len(self.skip_names) < SKIP_NAMES_SHOWN:
+            self.skip_names += list(batch["skipped_names"])[:SKIP_NAMES_SHOWN
+                                                            - len(self.skip_names)]
         rows = batch["images"].shape[0] + len(batch.get("texts_a") or [])
         out = None
         if rows or env.distributed:
@@ -383,41 +513,90 @@ class Trainer:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
         if out is not None:
-            local[0].copy_(out["loss"])
-            local[1].fill_(out["n"])
+            local[LOSS].copy_(out["loss"])
+            local[ROWS].fill_(out["n"])
+            local[NONFINITE].copy_(~out["finite"])
             self.grad_norm = out["grad_norm"]
+            clamp_logit_scale(self.model, args.logit_scale_max)
         dist_lib.all_reduce_sum(local, env)
-        local[0] /= env.world_size
+        loss = local[LOSS] / env.world_size
+        ran = local[ROWS] > 0
+        nonfinite = ran & ((local[NONFINITE] > 0) | ~torch.isfinite(loss))
+        counted = ran & ~nonfinite
+        local[LOSS] = torch.where(counted, loss, torch.zeros_like(loss))
+        local[COUNTED] = counted.to(local.dtype)
+        local[NONFINITE] = nonfinite.to(local.dtype)
         return local
+
+    def _watch_nonfinite(self, step_stats):
+        """Count, on the device, consecutive non-finite steps: no sync."""
+        self.nonfinite_streak = (self.nonfinite_streak + 1) * step_stats[NONFINITE]
+        self.nonfinite_longest = torch.maximum(self.nonfinite_longest, self.nonfinite_streak)
+
+    def _stop_requested(self, step_stats):
+        """Whether every rank stops after this step: a rank's signal reaches the others
+        through the next step's all-reduce, so all read the flag one step late, and alike
+        (the read waits for the previous step's statistics only, not this step's work)."""
+        if not self.env.distributed:
+            return self.stop_signals.signum is not None
+        previous, self.stop_pending = self.stop_pending, step_stats[STOP]
+        return previous is not None and bool(previous > 0)
+
+    def _check_skipped(self, rows, skipped):
+        """At a logged step: warn above SKIP_WARN_SHARE skipped in the interval (with a few
+        names); stop above --max-skip-fraction over the samples read since the last check."""
+        seen = rows + skipped
+        if skipped and skipped > SKIP_WARN_SHARE * seen:
+            names = [n for part in dist_lib.all_gather_object(self.skip_names, self.env)
+                     for n in part][:SKIP_NAMES_SHOWN]
+            self.log(f"WARNING: {int(skipped)} of {int(seen)} samples ({skipped / seen:.1%}) "
+                     f"were skipped in steps {self.step - self.interval_steps + 1}-{self.step} "
+                     f"(unreadable or missing images, empty captions)"
+                     + (f", e.g. {', '.join(names)}" if names else ""))
+        self.skip_names = []
+        window = self.watchdog["skip_window"]
+        window[0], window[1] = window[0] + int(seen), window[1] + int(skipped)
+        if window[0] < SKIP_CHECK_SAMPLES:
+            return
+        share = window[1] / window[0]
+        self.watchdog["skip_window"] = [0, 0]
+        if share > self.args.max_skip_fraction:
+            raise TrainError(
+                f"{window[1]} of the {window[0]} samples read up to step {self.step} "
+                f"({share:.1%}) were skipped as unreadable, above --max-skip-fraction "
+                f"{self.args.max_skip_fraction}: is the data there (a missing mount, wrong "
+                f"paths in the CSV)? "
+                + (f"Last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""))
 
     def _watch_collapse(self, step_stats):
         """Count, on the device, consecutive steps whose loss is log(rows): no sync."""
-        loss, rows = step_stats[0], step_stats[1]
+        loss, rows = step_stats[LOSS], step_stats[ROWS]
         near = ((loss - torch.log(rows.clamp_min(1))).abs() < COLLAPSE_TOLERANCE) & (rows > 1)
         self.streak = (self.streak + 1) * near
         self.longest = torch.maximum(self.longest, self.streak)
 
     def _log_interval(self, lr, elapsed, data_time):
-        loss_sum, rows, skipped = self.stats.tolist()
+        loss_sum, rows, skipped, counted, nonfinite = self.stats.tolist()
         n = self.interval_steps
-        loss = loss_sum / n
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss is {loss} at step {self.step}; the last checkpoint is kept in "
-                f"{self.ckpt_dir} (resume with a lower --lr)")
+        # the mean over the steps that ran: none of an all-skipped or non-finite step
+        loss = loss_sum / counted if counted else None
+        grad_norm = float(self.grad_norm.item()) if self.grad_norm is not None else None
         record = {
             "step": self.step, "epoch": self.data.epoch(self.step - 1), "loss": loss, "lr": lr,
             "samples_per_s": rows / elapsed if elapsed > 0 else None,
-            "skipped": int(skipped), "batch_size": int(rows / n),
+            "skipped": int(skipped), "nonfinite_steps": int(nonfinite),
+            "batch_size": int(rows / n),
             "logit_scale": float(self.model.temperature.item()),
-            "grad_norm": float(self.grad_norm.item()) if self.grad_norm is not None else None,
+            "grad_norm": grad_norm if grad_norm is not None and math.isfinite(grad_norm) else None,
             "data_time": data_time / n, "step_time": elapsed / n,
         }
         if self.args.loss == "sigmoid":
             record["logit_bias"] = float(self.loss_fn.logit_bias.item())
         self.metrics.write(record)
-        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{record['samples_per_s'] or 0:,.0f}",
-                             refresh=False)
+        self.bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "-",
+                             samples_s=f"{record['samples_per_s'] or 0:,.0f}", refresh=False)
+        self._check_nonfinite_streak()
+        self._check_skipped(rows, skipped)
         self.watchdog["streak"] = int(self.streak.item())
         longest = int(self.longest.item())
         if longest >= COLLAPSE_STEPS and not self.watchdog["warned"]:
@@ -430,10 +609,24 @@ class Trainer:
         self.interval_steps = 0
         return loss, rows
 
+    def _stop(self, path):
+        """After a SIGINT/SIGTERM, with `path` the checkpoint of this step (None: the save
+        failed): StopRequested with the command that resumes."""
+        path = dist_lib.broadcast_object(path, self.env)  # rank 0 wrote it
+        self.bar.close()
+        self.metrics.close()
+        signum = self.stop_signals.signum or signal.SIGTERM
+        where = (f"checkpoint {path} written" if path is not None else
+                 f"the checkpoint of this step could not be written (see above); the last one "
+                 f"is {self.last_checkpoint}")
+        raise StopRequested(signum, f"stopped by {signal.Signals(signum).name} after step "
+                                    f"{self.step} of {self.total_steps}; {where}. Resume with: "
+                                    f"{self._resume_command()}")
+
     def train(self):
         args, env = self.args, self.env
         if env.is_master:
-            (self.out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+            (self.out_dir / "args.json").write_text(json.dumps(run_config(args), indent=2) + "\n")
         cfg = self.model.config
         self.log(f"clippo train: {args.model} (width {cfg['width']}, depth {cfg['depth']}, "
                  f"patch {cfg['patch_size']}, {self.image_size} px), "
@@ -447,8 +640,16 @@ class Trainer:
         self.streak = torch.tensor(float(self.watchdog["streak"]), dtype=torch.float64,
                                    device=self.device)
         self.longest = self.streak.clone()
+        self.nonfinite_streak = torch.tensor(float(self.watchdog["nonfinite_streak"]),
+                                             dtype=torch.float64, device=self.device)
+        self.nonfinite_longest = self.nonfinite_streak.clone()
         self.grad_norm = None
-        final_loss, checkpoint, samples = None, None, 0.0
+        with self.stop_signals:
+            return self._loop()
+
+    def _loop(self):
+        args, env = self.args, self.env
+        final_loss, checkpoint, samples = None, self.last_checkpoint, 0.0
         train_start = interval_start = time.perf_counter()
         data_time = 0.0
         while self.step < self.total_steps:
@@ -459,7 +660,8 @@ class Trainer:
             batch = next(self.batches)
             data_time += time.perf_counter() - t0
             step_stats = self._step(batch)
-            self.stats += step_stats
+            self.stats += step_stats[:STOP]
+            self._watch_nonfinite(step_stats)
             if args.loss == "softmax":
                 self._watch_collapse(step_stats)
             self.step += 1
@@ -470,10 +672,15 @@ class Trainer:
                 final_loss, rows = self._log_interval(lr, now - interval_start, data_time)
                 samples += rows
                 interval_start, data_time = time.perf_counter(), 0.0
+            saved, written = False, None
             if (args.save_every and self.step % args.save_every == 0) \
                     or self.step == self.total_steps:
                 self.watchdog["streak"] = int(self.streak.item())
-                checkpoint = self.save_checkpoint() or checkpoint
+                written, saved = self.save_checkpoint(), True
+                checkpoint = written or checkpoint
+            if self.step < self.total_steps and self._stop_requested(step_stats):
+                self.watchdog["streak"] = int(self.streak.item())
+                self._stop(written if saved else self.save_checkpoint())
         self.bar.close()
         self.metrics.close()
         train_seconds = time.perf_counter() - train_start
@@ -503,7 +710,10 @@ def main(argv=None):
     except (TrainError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"clippo train: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except StopRequested as e:
+        print(f"clippo train: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
         print("clippo train: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -27,6 +27,8 @@ import contextlib
 import torch
 from torch import nn
 
+from clippo.train.nonfinite import guarded_step
+
 
 class ContrastiveTask(nn.Module):
     """The model and the loss in one module, so that DDP averages the gradients of both (the
@@ -152,7 +154,9 @@ def forward_backward(module, task, left, right, accum_freq=1, autocast=None, kee
 
 def train_step(module, task, optimizer, batch, *, device, accum_freq=1, grad_clip_norm=None,
                autocast=None):
-    """One update. Returns device tensors {loss, n (rows in the loss), grad_norm}."""
+    """One update (none when the gradient norm is NaN/Inf). Returns
+    {loss, n (rows in the loss), grad_norm, finite (whether the update was made)}, tensors on
+    the device."""
     left, right, keep = render_batch(task, batch, device)
     optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(module, task, left, right, accum_freq, autocast, keep)
@@ -161,5 +165,8 @@ def train_step(module, task, optimizer, batch, *, device, accum_freq=1, grad_cli
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    optimizer.step()
-    return {"loss": loss, "n": left.shape[0], "grad_norm": grad_norm.detach()}
+    # a NaN/Inf gradient skips the update: the weights and moments stay as they were (the
+    # norm is of the all-reduced gradient, so every rank decides alike)
+    finite = torch.isfinite(grad_norm)
+    guarded_step(optimizer, finite)
+    return {"loss": loss, "n": left.shape[0], "grad_norm": grad_norm.detach(), "finite": finite}
