@@ -20,7 +20,15 @@ the time of rendering one batch of captions on the device over clippo's step tim
 Defaults: on CUDA, B/16 at 224 px, batch 1024, bf16 autocast; on the CPU a small model
 (Ti/16 widths, depth 2, 64 px, batch 32, fp32) so that the script runs anywhere.
 
+Text tokens: `--text-tokens all,ink` times clippo's step once per setting of the model's
+text_tokens (every patch of a rendered caption, or only those holding ink), in turns, and
+reports the share of text tokens kept; the other providers are left out then. Captions come
+from `coco_caption` (COCO-like wording and lengths) or, with `--recipe demo` (the model,
+image size and batch of `clippo demo`), from the built-in data the demo trains on.
+
     python benchmarks/train.py [--variant B/16] [--batch 1024] [--steps 10] [--out DIR]
+    python benchmarks/train.py --variant Ti/16 --depth 12 --image-size 224 --batch 16 \
+        --text-tokens all,ink
 
 Writes <out>/train.json (default out/benchmarks/, which git ignores) and prints a table.
 """
@@ -61,21 +69,59 @@ def caption(i):
             f"on a sunny day, photo {i}")
 
 
+# COCO captions: about 10.5 words and 52 characters on average, most between 35 and 75
+# characters, a long tail past 100. coco_caption draws a target length from a shifted gamma
+# with that mean and a standard deviation of 12 characters (20 + Gamma(7.1, 4.5)), then
+# writes words of COCO's everyday vocabulary (subject, action, place, detail) until the next
+# word would pass the target.
+_COCO_WORDS = dict(
+    subject=["a man", "a woman", "two dogs", "a young boy", "a large white bus", "a cat",
+             "a group of people", "a giraffe", "an elephant", "a plate of food", "a kitchen",
+             "a person", "a red fire hydrant", "a small child", "a herd of sheep"],
+    action=["standing", "sitting", "walking", "riding a bike", "eating a sandwich",
+            "holding an umbrella", "parked", "playing frisbee", "looking out", "lying"],
+    place=["on a city street", "in a grassy field", "next to a building", "on a wooden table",
+           "near the water", "in the snow", "at a train station", "on top of a bed",
+           "in front of a mirror", "inside a living room", "by the side of the road"],
+    detail=["with a dog", "on a sunny day", "with trees in the background", "at night",
+            "while people watch", "next to a red car", "covered in snow", "with two cups",
+            "under a blue sky", "near a fence", "in the afternoon", "and a small table"],
+)
+
+
+def coco_caption(i):
+    """A caption of COCO-like wording with a length from COCO's distribution (see above)."""
+    import numpy as np
+    rng = np.random.default_rng([11, i])
+    target = 20 + rng.gamma(7.1, 4.5)
+    parts = [rng.choice(_COCO_WORDS[k]) for k in ("subject", "action", "place")]
+    while len(" ".join(parts)) < target:
+        parts.append(rng.choice(_COCO_WORDS["detail"]))
+    words = " ".join(parts).split(" ")
+    text = words[0]
+    for w in words[1:]:  # stop at the word boundary nearest the target
+        if abs(len(text) + 1 + len(w) - target) > abs(len(text) - target):
+            break
+        text += " " + w
+    return text
+
+
 class PhotoCaptions(torch.utils.data.Dataset):
     """(uint8 image [3, S, S], caption): images cycle through a fixed random pool so that
     decoding costs nothing and the comparison is about the text path."""
 
-    def __init__(self, n, image_size, pool=64):
+    def __init__(self, n, image_size, pool=64, captions=caption):
         g = torch.Generator().manual_seed(0)
         self.pool = torch.randint(0, 256, (pool, 3, image_size, image_size), dtype=torch.uint8,
                                   generator=g)
         self.n = n
+        self.captions = captions
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        return self.pool[i % len(self.pool)], caption(i)
+        return self.pool[i % len(self.pool)], self.captions(i)
 
 
 class PhotoRenderedCaptions(PhotoCaptions):
@@ -198,11 +244,34 @@ def main(argv=None):
                    help="recompute the blocks in the backward pass (a provider that runs out "
                         "of memory is retried with it anyway)")
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--text-tokens", default=None,
+                   help="comma-separated text_tokens settings to time clippo's step with, in "
+                        "turns (all, ink); the other providers are left out then")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); on a CPU shared with other "
+                        "jobs one thread avoids OpenMP threads waiting on descheduled peers")
+    p.add_argument("--recipe", choices=["demo"], default=None,
+                   help="demo: clippo demo's model, image size, batch and built-in captions")
     p.add_argument("--out", default=None, help=f"folder for train.json (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text_tokens = _text_tokens(args.text_tokens)
+    captions = coco_caption if text_tokens else caption
+    recipe_sizes = {}
+    if args.recipe == "demo":
+        from clippo.demo import RECIPE
+        args.variant = args.variant or RECIPE["model"]
+        args.image_size = args.image_size or RECIPE["image_size"]
+        args.batch = args.batch or RECIPE["batch_size"]
+        args.depth = args.depth or RECIPE["depth"]
+        recipe_sizes = dict(width=RECIPE["width"], num_heads=RECIPE["heads"],
+                            mlp_dim=RECIPE["mlp_dim"], out_dim=RECIPE["out_dim"],
+                            patch_size=RECIPE["patch_size"])
+        captions = _builtin_captions
     variant = args.variant or ("B/16" if cuda else "Ti/16")
     image_size = args.image_size or (224 if cuda else 64)
     batch = args.batch or (1024 if cuda else 32)
@@ -213,7 +282,7 @@ def main(argv=None):
     autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
                 if precision == "bf16" else None)
     overrides = {"depth": args.depth or (None if cuda else 2)}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in {**overrides, **recipe_sizes}.items() if v is not None}
     if not cuda:
         print("No CUDA device: a small CPU configuration, so the script is exercised; the MFU "
               "and render-share targets are for a GPU.")
@@ -227,17 +296,18 @@ def main(argv=None):
     gpu = torch.cuda.get_device_name() if cuda else None
     peak = peak_for(gpu, args.peak_tflops)
     n_data = batch * (steps + 4)
-    strings = PhotoCaptions(n_data, image_size)
+    strings = PhotoCaptions(n_data, image_size, captions=captions)
     rendered = PhotoRenderedCaptions(n_data, image_size, model.render_config)
     sample = collate_strings([strings[i] for i in range(batch)])
     sample_rendered = collate_rendered([rendered[i] for i in range(batch)])
 
     # providers: name -> factory(grad_checkpointing) -> (step function, batch in memory,
     # loader); all built before timing so that their steps can be timed in turns
-    def clippo_provider(compiled):
+    def clippo_provider(compiled, tokens="all"):
         def make(ckpt):
             torch.manual_seed(0)
-            m = clippo.create_model(variant, image_size=image_size, **overrides)
+            m = clippo.create_model(variant, image_size=image_size, text_tokens=tokens,
+                                    **overrides)
             task = ContrastiveTask(m, create_loss("softmax")).to(device)
             if ckpt:
                 enable_grad_checkpointing(m)
@@ -269,7 +339,12 @@ def main(argv=None):
 
     factories = {"clippo (render in step)": clippo_provider(False),
                  "render in workers": prerendered_provider(False)}
-    if cuda or args.compile:
+    if text_tokens:
+        factories = {_tokens_name(t): clippo_provider(False, t) for t in text_tokens}
+        if args.compile:
+            factories.update({_tokens_name(t, " compiled"): clippo_provider(True, t)
+                              for t in text_tokens})
+    elif cuda or args.compile:
         # the reference for MFU: the architecture in torch ops, compiled, text from workers
         factories["compiled baseline (render in workers)"] = prerendered_provider(True)
         factories["clippo compiled (render in step)"] = clippo_provider(True)
@@ -308,7 +383,7 @@ def main(argv=None):
             continue
         fn, _, loader = providers[name]
         rate = batch / seconds[name]
-        rate_loader = loader_rate(fn, loader, steps, batch, device)
+        rate_loader = None if text_tokens else loader_rate(fn, loader, steps, batch, device)
         tflops = train_flops_per_sample * rate / 1e12
         # hardware FLOPs: checkpointing runs each block's forward twice
         hw = (4 / 3 if name in checkpointed else 1.0) * tflops
@@ -316,7 +391,14 @@ def main(argv=None):
                          step_samples_per_s=rate, loader_samples_per_s=rate_loader,
                          grad_ckpt=name in checkpointed, tflops=tflops,
                          mfu=tflops / peak if peak else None, hfu=hw / peak if peak else None))
-    t_clippo = seconds.get("clippo (render in step)")
+    t_clippo = seconds.get("clippo (render in step)", seconds.get(_tokens_name("all")))
+    token_facts = {}
+    if text_tokens:
+        token_facts = _token_shares(model, renderer, sample["texts"])
+        base = next((r for r in rows if r["provider"] == _tokens_name("all")), None)
+        for r in rows:
+            r["vs_all_tokens"] = (r["step_samples_per_s"] / base["step_samples_per_s"]
+                                  if base else None)
     t_render = seconds["render"]
 
     base_row = next((r for r in rows if r["provider"].startswith("compiled baseline")),
@@ -327,9 +409,17 @@ def main(argv=None):
     render_share = t_render / t_clippo if t_clippo else None
     title = (f"{variant} (depth {cfg['depth']}, {image_size} px) training step, batch {batch}, "
              f"{precision}, {device} ({gpu or 'CPU'}), {fwd / 1e9:.2f} GFLOP/forward")
-    print_table(rows, ["provider", "batch", "step_ms", "step_samples_per_s",
-                       "loader_samples_per_s", "grad_ckpt", "tflops", "mfu", "hfu",
-                       "vs_baseline"], title=title)
+    columns = ["provider", "batch", "step_ms", "step_samples_per_s", "loader_samples_per_s",
+               "grad_ckpt", "tflops", "mfu", "hfu", "vs_baseline"]
+    if text_tokens:
+        columns = ["provider", "batch", "step_ms", "step_samples_per_s", "vs_all_tokens"]
+    print_table(rows, columns, title=title)
+    if token_facts:
+        print(f"\ntext tokens kept with ink: {token_facts['text_tokens_kept_share']:.1%} of "
+              f"{token_facts['patches_per_image']} per caption (mean {token_facts['mean_kept']:.1f},"
+              f" range {token_facts['min_kept']}-{token_facts['max_kept']}; padded to "
+              f"{token_facts['padded_length']}); captions: {token_facts['caption_chars_mean']:.1f}"
+              f" characters on average")
     if render_share is not None:
         print(f"\nrender share of clippo's step: {render_share:.2%} "
               f"({t_render * 1e3:.2f} ms to render {batch} captions on {device}, "
@@ -339,8 +429,46 @@ def main(argv=None):
         accum_freq=args.accum_freq, gflops_per_forward=fwd / 1e9,
         train_gflops_per_sample=train_flops_per_sample / 1e9, peak_tflops=peak,
         render_ms=t_render * 1e3, render_share=render_share, timed_rounds=steps,
+        recipe=args.recipe, text_tokens=text_tokens, threads=torch.get_num_threads(),
+        **token_facts,
         targets={"mfu": 0.45, "render_share": 0.03}))
     return 0
+
+
+def _text_tokens(text):
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in ("all", "ink")]
+    if bad or not names:
+        raise SystemExit(f"--text-tokens: expected a list of all, ink; got {text!r}")
+    return names
+
+
+def _tokens_name(tokens, suffix=""):
+    return f"clippo{suffix}, {tokens} text tokens"
+
+
+def _builtin_captions(i):
+    """The captions of clippo demo's training data (built-in scenes, its language mix)."""
+    from clippo.data.builtin import BuiltinImageText
+    global _BUILTIN
+    if "_BUILTIN" not in globals():
+        _BUILTIN = BuiltinImageText("train", num_samples=10 ** 6)
+    return _BUILTIN.caption(i)
+
+
+def _token_shares(model, renderer, texts):
+    """How many patches of these captions hold ink: the share of text tokens "ink" keeps."""
+    from clippo.model.tokens import keep_index, pixel_ink
+    keep = pixel_ink(renderer(texts).cpu(), model.img.patch_size,
+                     model.render_config.background_brightness)
+    index, lengths = keep_index(keep)
+    n = model.img.num_patches
+    return dict(patches_per_image=n, text_tokens_kept_share=lengths.sum().item() / (n * len(texts)),
+                mean_kept=lengths.float().mean().item(), min_kept=int(lengths.min()),
+                max_kept=int(lengths.max()), padded_length=index.shape[1],
+                caption_chars_mean=sum(map(len, texts)) / len(texts))
 
 
 if __name__ == "__main__":

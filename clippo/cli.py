@@ -146,6 +146,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image drawing)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--text-tokens", choices=("all", "ink"), default="all",
+                   help="train the demo's model with every patch of a rendered text (all, the "
+                        "reference) or only those holding ink (clippo train --text-tokens)")
 
     p = sub.add_parser("bench", help="rendering and encoding speed on this machine")
     p.add_argument("--output", "--out", dest="out", default="clippo-bench",

@@ -54,7 +54,7 @@ def stage_steps(steps=None):
 
 
 def recipe_argv(out_dir, stage=0, steps=None, workers=1, device=None, progress=True,
-                pretrained=None):
+                pretrained=None, text_tokens="all"):
     """`clippo train` flags for stage `stage` of the demo's recipe, writing into out_dir."""
     r = dict(RECIPE, **STAGES[stage][2], steps=stage_steps(steps)[stage])
     argv = ["--train-data", "builtin", "--output", str(out_dir), "--workers", str(workers),
@@ -63,6 +63,8 @@ def recipe_argv(out_dir, stage=0, steps=None, workers=1, device=None, progress=T
         argv += ["--" + key.replace("_", "-"), str(value)]
     if pretrained:
         argv += ["--pretrained", str(pretrained)]
+    if text_tokens != "all":
+        argv += ["--text-tokens", text_tokens]
     if device:
         argv += ["--device", device]
     if not progress:
@@ -160,7 +162,7 @@ def _print_table(rows):
     print("-" * (width + 16))
 
 
-def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
+def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True, text_tokens="all"):
     """The whole demo; returns the report dict (also written to out/report.json)."""
     from clippo.train import parse_args
     from clippo.train import run as train_run
@@ -174,7 +176,8 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True):
     for k, (name, _, _) in enumerate(STAGES):
         # the last stage writes DIR/train: its model/ is the demo's model
         stage_dir = out / "train" if k == len(STAGES) - 1 else out / f"train-{name}"
-        argv = recipe_argv(stage_dir, k, steps, workers, device, progress, pretrained)
+        argv = recipe_argv(stage_dir, k, steps, workers, device, progress, pretrained,
+                           text_tokens)
         print(f"      stage {k + 1} ({name}): clippo train {' '.join(argv)}", flush=True)
         summary = train_run(parse_args(argv))
         stages.append((name, summary))
@@ -257,6 +260,7 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu"):
         "steps": total_steps,
         "stage_steps": {name: st["steps"] for name, st in stages},
         "final_loss": summary["final_loss"],
+        "text_tokens": model.text_tokens,
         "device": str(device),
         # the figures repeat exactly on one machine; another CPU (vector width) sums floats
         # in another order and gives slightly different ones
@@ -300,5 +304,5 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu"):
 
 def main(args):
     run(args.out, steps=args.steps, device=args.device, workers=args.workers,
-        progress=not args.no_progress)
+        progress=not args.no_progress, text_tokens=getattr(args, "text_tokens", "all"))
     return 0

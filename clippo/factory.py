@@ -5,7 +5,8 @@ A config names a ViT variant and the CLIPPO settings; sizes are decoded by
 holds only the variant and what differs from those defaults:
 
     {"variant": "B/16", "image_size": 224, "pool_type": "map", "out_dim": 768,
-     "temperature_init": 10.0, "render": {}}          # render: RenderConfig overrides
+     "temperature_init": 10.0, "render": {},          # render: RenderConfig overrides
+     "text_tokens": "all"}                            # or "ink": see CLIPPO
 """
 import copy
 import json
@@ -18,7 +19,7 @@ from clippo.model.vit import decode_variant
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 _ALLOWED = {"variant", "image_size", "pool_type", "out_dim", "temperature_init", "render",
-            "width", "depth", "mlp_dim", "num_heads", "patch_size"}
+            "width", "depth", "mlp_dim", "num_heads", "patch_size", "text_tokens"}
 _MODEL_CONFIGS = {}
 
 
@@ -61,8 +62,11 @@ def create_model(name="clippo-B-16", pretrained=None, device=None, **overrides):
     """Build a CLIPPO model by config name or variant; keyword arguments override the config.
 
     pretrained: a big_vision .npz or a save_pretrained directory; the checkpoint's shapes
-    must then match the config. device="meta" builds without allocating.
+    must then match the config. Its text_tokens setting is kept unless text_tokens is given
+    (it changes which tokens are encoded, not the weights). device="meta" builds without
+    allocating.
     """
+    text_tokens = overrides.get("text_tokens")
     cfg = get_model_config(name)
     if "patch_size" not in decode_variant(cfg.get("variant")) and "patch_size" not in {
             **cfg, **overrides}:
@@ -79,13 +83,16 @@ def create_model(name="clippo-B-16", pretrained=None, device=None, **overrides):
     if pretrained is not None:
         loaded = (CLIPPO.from_big_vision(pretrained, render=model.render_config)
                   if str(pretrained).endswith(".npz") else CLIPPO.from_pretrained(pretrained))
-        want = {k: v for k, v in model.config.items() if k != "temperature_init"}
-        got = {k: v for k, v in loaded.config.items() if k != "temperature_init"}
+        free = ("temperature_init", "text_tokens")
+        want = {k: v for k, v in model.config.items() if k not in free}
+        got = {k: v for k, v in loaded.config.items() if k not in free}
         if want != got:
             diff = {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
             raise ValueError(f"checkpoint {pretrained} does not match model {name!r}: "
                              f"(config, checkpoint) = {diff}")
         model = loaded
+        if text_tokens is not None:
+            model.text_tokens = text_tokens
     return model.to(target) if target is not None else model
 
 

@@ -44,11 +44,12 @@ def _cases():
             pe.patch_embed_grad_weight(x, out, 16, index)
         return launch
 
-    def attn(dtype, lq, lk, dh):
+    def attn(dtype, lq, lk, dh, ragged=False):
         def launch(empty):
             q, k = empty(8, 12, lq, dh, dtype=dtype), empty(8, 12, lk, dh, dtype=dtype)
-            out, lse = at.attention_fwd(q, k, k, dh ** -0.5)
-            at.attention_bwd(out, q, k, k, out, lse, dh ** -0.5)
+            lengths = empty(8, dtype=torch.int32) if ragged else None  # key padding
+            out, lse = at.attention_fwd(q, k, k, dh ** -0.5, lengths)
+            at.attention_bwd(out, q, k, k, out, lse, dh ** -0.5, lengths)
         return launch
 
     def norm(dtype):
@@ -81,6 +82,9 @@ def _cases():
         for dh in (64, 128):
             cases.append((f"attention {name} Dh={dh}", attn(dtype, 197, 197, dh)))
             cases.append((f"attention {name} Dh={dh} one query", attn(dtype, 1, 196, dh)))
+        cases.append((f"attention {name} Dh=64 key lengths", attn(dtype, 48, 48, 64, True)))
+        cases.append((f"attention {name} Dh=64 one query key lengths", attn(dtype, 1, 48, 64,
+                                                                            True)))
     return cases
 
 

@@ -78,11 +78,15 @@ def progress_bar(iterable, enabled, desc, total=None, unit="it"):
                 leave=False, dynamic_ncols=True)
 
 
-def model_features(model, images, layer="embedding"):
+def model_features(model, images, layer="embedding", keep=None):
     """[B, D] features of uint8/float images: the normalised embedding, or the pooled
-    representation before the head ("pre_logits", what the reference's few-shot probe uses)."""
+    representation before the head ("pre_logits", what the reference's few-shot probe uses).
+    keep: the patches to encode (rendered text under text_tokens="ink"; None: all)."""
     if layer == "embedding":
-        return model.encode_image(images)
+        return model.encode_image(images, keep=keep)
+    if keep is not None:
+        raise ValueError("pre_logits features of text need text_tokens='all' (this model "
+                         "encodes only the ink patches of a text)")
     if layer == "pre_logits":
         return model.img(images, return_intermediates=True)[1]["pre_logits"]
     raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
@@ -113,14 +117,13 @@ def encode_texts(model, texts, *, batch_size=256, layer="embedding", precision="
                  progress=False, desc="texts"):
     """Render (on the model's device) and encode strings in batches: [N, D] float32 CPU."""
     texts = list(texts)
-    renderer = model.renderer()
     device = model.device
     out = []
     starts = range(0, len(texts), batch_size)
     for s in progress_bar(starts, progress, desc, len(starts), "batch"):
-        images = renderer(texts[s:s + batch_size])
+        images, keep = model.render_texts(texts[s:s + batch_size])  # as text_tokens says
         with precision_context(device, precision):
-            out.append(model_features(model, images, layer).float().cpu())
+            out.append(model_features(model, images, layer, keep).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

@@ -36,9 +36,9 @@ class OpenCLIPStyle(nn.Module):
         return self.model.encode_image(image)  # CLIPPO's embeddings are always normalised
 
     def encode_text(self, text, normalize=False):
-        if isinstance(text, torch.Tensor):
-            return self.model.encode_image(text)
-        return self.model.encode_text(text)  # strings: rendered on the model's device
+        # rendered images or strings (rendered on the model's device), encoded from the
+        # tokens of the model's text_tokens setting
+        return self.model.encode_text(text)
 
     def forward(self, image=None, text=None):
         zimg = None if image is None else self.encode_image(image)

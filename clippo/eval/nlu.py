@@ -115,15 +115,15 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding=None,
 
 
 def _forward_texts(model, head, texts_a, texts_b, pair_encoding, separator, layer):
-    renderer = model.renderer()
+    def features(texts):  # rendered, then encoded from the tokens text_tokens says
+        return model_features(model, *model.render_texts(list(texts)), layer=layer)
+
     if texts_b is None:
-        feats = model_features(model, renderer(list(texts_a)), layer)
+        feats = features(texts_a)
     elif pair_encoding == "joint":
-        feats = model_features(model, renderer([join_pair(a, b, separator)
-                                                for a, b in zip(texts_a, texts_b)]), layer)
+        feats = features([join_pair(a, b, separator) for a, b in zip(texts_a, texts_b)])
     else:
-        feats = combine_pair(model_features(model, renderer(list(texts_a)), layer),
-                             model_features(model, renderer(list(texts_b)), layer))
+        feats = combine_pair(features(texts_a), features(texts_b))
     return head(feats.float())
 
 

@@ -15,9 +15,11 @@ Public functions (stable signatures; the model calls only these):
     ink_index(ink, *, min_length=0, multiple_of=1) -> (patch_index [B, L] int32, lengths [B])
         the renderer's bool ink mask [B, N] as a patch_index: each row's ink patches first, in
         row-major order, -1 after; L = the longest row (at least min_length, rounded up).
-    attention(q, k, v, scale=None) -> [B, H, Lq, Dh]
+    attention(q, k, v, scale=None, lengths=None) -> [B, H, Lq, Dh]
         non-causal softmax attention, the semantics of F.scaled_dot_product_attention
-        (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v.
+        (scale defaults to 1/sqrt(Dh)). Differentiable in q, k, v. lengths: int [B], each
+        in 1..Lk, or None: row b attends to its first lengths[b] keys only (a key-padding
+        mask; sequences of different lengths padded at the end).
 
 Optional kernels (the model calls them; under "auto" they run in Triton only when enabled,
 since no GPU profile has yet shown that they pay; see "Backends"):
@@ -46,8 +48,8 @@ Registered ops (torch.library, with autograd where marked, fake and CPU kernels;
 kernel of each is its torch reference, `<module>.<op>_ref`):
     clippo::patch_embed(images, weight, bias?, pos_embed?, patch_index?) -> tokens (autograd)
     clippo::patch_embed_grad_weight(images, grad_out, patch, patch_index?) -> grad weight
-    clippo::attention_fwd(q, k, v, scale) -> (out, lse2)                         (autograd)
-    clippo::attention_bwd(grad, q, k, v, out, lse2, scale) -> (dq, dk, dv)
+    clippo::attention_fwd(q, k, v, scale, lengths?) -> (out, lse2)               (autograd)
+    clippo::attention_bwd(grad, q, k, v, out, lse2, scale, lengths?) -> (dq, dk, dv)
     clippo::layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)              (autograd)
     clippo::layer_norm_bwd(grad, x, weight, mean, rstd) -> (dx, dweight, dbias)
     clippo::linear(x, weight, bias?, residual?, activation?, save_pre) -> (y, pre-activation)
@@ -105,12 +107,14 @@ def patch_embed(images, weight, bias, pos_embed=None, patch_index=None):
 ink_index = _pe.ink_index
 
 
-def attention(q, k, v, scale=None):
-    """Non-causal attention [B, H, L, Dh]; see the module docstring."""
+def attention(q, k, v, scale=None, lengths=None):
+    """Non-causal attention [B, H, L, Dh], keys masked past `lengths`; see the module
+    docstring."""
     if (q.shape[-1] <= _attn.MAX_HEAD_DIM and v.shape[-1] == q.shape[-1]
             and q.dtype in _KERNEL_DTYPES and use_ops(q, k, v)):
-        return _attn.attention_op(*_autocast(q, k, v), scale)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return _attn.attention_op(*_autocast(q, k, v), scale, lengths)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_attn.key_padding(k, lengths),
+                                          scale=scale)
 
 
 def layer_norm(x, weight, bias, eps=1e-6):

@@ -1,6 +1,10 @@
 """Flash-style non-causal attention (forward and backward) in Triton.
 
 out = softmax(scale * q @ k^T) @ v, q [B, H, Lq, Dh], k and v [B, H, Lk, Dh], any strides.
+With `lengths` (int [B], each in 1..Lk) only the first lengths[b] keys of batch row b are
+attended to (a key-padding mask: sequences of different lengths padded at the end); the
+padded keys get zero dk and dv, and padded query rows still attend to the valid keys, so they
+stay finite (the model discards them).
 
 Forward: one program per (batch*head, BLOCK_M query rows) (batch*head on grid axis 0, which
 has no 65535 limit); it streams K/V in BLOCK_N blocks with the online softmax (exp2, fp32
@@ -20,7 +24,7 @@ Layout: the torch references (`attention_fwd_ref`, `attention_bwd_ref`), the Tri
 the launchers (`attention_fwd`, `attention_bwd`), the ops torch.ops.clippo.attention_fwd /
 attention_bwd with autograd, then `attention_op()`.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -67,23 +71,35 @@ def check_args(q, k, v, kernel=True):
     return b, h, lq, lk, dh
 
 
-def attention_fwd_ref(q, k, v, scale):
+def key_padding(k, lengths):
+    """bool [B, 1, 1, Lk]: True for the keys within each row's length (None: no lengths)."""
+    if lengths is None:
+        return None
+    cols = torch.arange(k.shape[2], device=k.device)
+    return (cols < lengths.to(k.device)[:, None])[:, None, None, :]
+
+
+def attention_fwd_ref(q, k, v, scale, lengths=None):
     """(out, lse2) in torch, computed in fp32 (fp64 for fp64 inputs)."""
     check_args(q, k, v, kernel=False)
     acc = torch.promote_types(q.dtype, torch.float32)
     s = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * scale
+    if lengths is not None:
+        s = s.masked_fill(~key_padding(k, lengths), float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     out = torch.exp(s - lse[..., None]) @ v.to(acc)
     return out.to(q.dtype), (lse * LOG2E).float()
 
 
-def attention_bwd_ref(grad, q, k, v, out, lse2, scale):
+def attention_bwd_ref(grad, q, k, v, out, lse2, scale, lengths=None):
     """(dq, dk, dv) in torch from the saved lse2, computed in fp32 (fp64 for fp64 inputs);
     contiguous, in q's dtype."""
     check_args(q, k, v, kernel=False)
     acc = torch.promote_types(q.dtype, torch.float32)
     q32, k32, v32, do32 = q.to(acc), k.to(acc), v.to(acc), grad.to(acc)
     p = torch.exp((q32 @ k32.transpose(-2, -1)) * scale - lse2.to(acc)[..., None] / LOG2E)
+    if lengths is not None:
+        p = p.masked_fill(~key_padding(k, lengths), 0.0)
     dv = p.transpose(-2, -1) @ do32
     delta = (do32 * out.to(acc)).sum(-1, keepdim=True)
     ds = p * (do32 @ v32.transpose(-2, -1) - delta)
@@ -115,6 +131,14 @@ if HAS_TRITON:
         return ptr + (bh // H) * stride_b + (bh % H) * stride_h
 
     @triton.jit
+    def _keys(len_ptr, bh, H, LK, HAS_LENGTHS: tl.constexpr):
+        """The keys this batch row attends to: min(lengths[b], Lk) with lengths, else Lk (the
+        loops over key blocks stop there, so padding costs no work)."""
+        if HAS_LENGTHS:
+            LK = tl.minimum(tl.load(len_ptr + bh // H).to(tl.int32), LK)
+        return LK
+
+    @triton.jit
     def _query_block(q_ptr, sqb, sqh, sqm, sqd, H, LQ, HEAD_DIM, BLOCK_M: tl.constexpr,
                      BLOCK_D: tl.constexpr):
         """This program's batch*head (grid axis 0, which has no 65535 limit) and query rows
@@ -132,14 +156,16 @@ if HAS_TRITON:
         v_ptr, svb, svh, svn, svd,          # v [B, H, Lk, Dh]
         o_ptr, sob, soh, som, sod,          # out [B, H, Lq, Dh]
         lse_ptr, H, LQ, LK, qk_scale,       # lse2 [B, H, Lq] fp32; qk_scale = scale * log2(e)
+        len_ptr,                            # lengths [B] (read only with HAS_LENGTHS)
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IN_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh, offs_m, mask_m, offs_d, mask_d, q = _query_block(
             q_ptr, sqb, sqh, sqm, sqd, H, LQ, HEAD_DIM, BLOCK_M, BLOCK_D)
         k_ptr = _head(k_ptr, bh, H, skb, skh)
         v_ptr = _head(v_ptr, bh, H, svb, svh)
+        LK = _keys(len_ptr, bh, H, LK, HAS_LENGTHS)
 
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -185,23 +211,28 @@ if HAS_TRITON:
         lse_ptr, delta_ptr,                 # [B, H, Lq] fp32, contiguous
         dk_ptr, dv_ptr,                     # [B, H, Lk, Dh], contiguous
         H, LQ, LK, scale, qk_scale,
+        len_ptr,                            # lengths [B] (read only with HAS_LENGTHS)
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IN_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         """A program per (batch*head, key block) loops over the query blocks. (Arguments:
-        the tensors of this program's block first, then those it streams.)"""
+        the tensors of this program's block first, then those it streams.) Padded keys (at
+        or past the row's length) get dk = dv = 0 without looping."""
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh = tl.program_id(0).to(tl.int64)
         offs_n, mask_n = _range(tl.program_id(1) * BLOCK_N, LK, BLOCK_N)
+        keys = _keys(len_ptr, bh, H, LK, HAS_LENGTHS)
+        mask_valid = offs_n < keys
         offs_d, mask_d = _range(0, HEAD_DIM, BLOCK_D)
-        k = _tile(_head(k_ptr, bh, H, skb, skh), offs_n, offs_d, skn, skd, mask_n, mask_d)
-        v = _tile(_head(v_ptr, bh, H, svb, svh), offs_n, offs_d, svn, svd, mask_n, mask_d)
+        k = _tile(_head(k_ptr, bh, H, skb, skh), offs_n, offs_d, skn, skd, mask_valid, mask_d)
+        v = _tile(_head(v_ptr, bh, H, svb, svh), offs_n, offs_d, svn, svd, mask_valid, mask_d)
         q_ptr = _head(q_ptr, bh, H, sqb, sqh)
         do_ptr = _head(do_ptr, bh, H, sdb, sdh)
 
         dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for m0 in range(0, LQ, BLOCK_M):
+        q_end = tl.where(tl.program_id(1) * BLOCK_N < keys, LQ, 0)
+        for m0 in range(0, q_end, BLOCK_M):
             rows, mask_m = _range(m0, LQ, BLOCK_M)
             q = _tile(q_ptr, rows, offs_d, sqm, sqd, mask_m, mask_d)
             do = _tile(do_ptr, rows, offs_d, sdm, sdd, mask_m, mask_d)
@@ -211,7 +242,7 @@ if HAS_TRITON:
             pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=IN_PRECISION) * qk_scale
                          - lse[None, :])
             # padded query rows have q = do = 0, so they add nothing anyway; kept defensive
-            pt = tl.where(mask_m[None, :], pt, 0.0)
+            pt = tl.where(mask_valid[:, None] & mask_m[None, :], pt, 0.0)
             dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=IN_PRECISION)
             dpt = tl.dot(v, tl.trans(do), input_precision=IN_PRECISION)
             dk = tl.dot((pt * (dpt - delta[None, :])).to(q.dtype), q, dk,
@@ -231,10 +262,11 @@ if HAS_TRITON:
         v_ptr, svb, svh, svn, svd,          # v [B, H, Lk, Dh]
         dq_ptr,                             # [B, H, Lq, Dh], contiguous
         H, LQ, LK, scale, qk_scale,
+        len_ptr,                            # lengths [B] (read only with HAS_LENGTHS)
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IN_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        """A program per (batch*head, query block) loops over the key blocks."""
+        """A program per (batch*head, query block) loops over the (valid) key blocks."""
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
         bh, offs_m, mask_m, offs_d, mask_d, q = _query_block(
             q_ptr, sqb, sqh, sqm, sqd, H, LQ, HEAD_DIM, BLOCK_M, BLOCK_D)
@@ -243,6 +275,7 @@ if HAS_TRITON:
         delta = tl.load(delta_ptr + bh * LQ + offs_m, mask=mask_m, other=0)
         k_ptr = _head(k_ptr, bh, H, skb, skh)
         v_ptr = _head(v_ptr, bh, H, svb, svh)
+        LK = _keys(len_ptr, bh, H, LK, HAS_LENGTHS)
 
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         for n0 in range(0, LK, BLOCK_N):
@@ -295,25 +328,41 @@ def _block_d(dh):
     return max(16, triton.next_power_of_2(dh))
 
 
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
+def _check_lengths(lengths, b):
+    """lengths as a contiguous int32 tensor on the device (or None); shape [B] is required
+    (the values, 1..Lk, are not read back to the host: that would sync)."""
+    if lengths is None:
+        return None
+    if tuple(lengths.shape) != (b,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"attention: lengths must be an integer tensor [{b}], got "
+                         f"{lengths.dtype} {tuple(lengths.shape)}")
+    return lengths.to(torch.int32).contiguous()
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                  lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Launch the forward kernel; returns (out [B, H, Lq, Dh] with [B, Lq, H, Dh] memory layout,
     lse2 [B, H, Lq] fp32)."""
     b, h, lq, lk, dh = check_args(q, k, v)
+    lengths = _check_lengths(lengths, b)
     # [B, Lq, H, Dh] in memory: the model's merge of the heads, out.transpose(1, 2).reshape(
     # B, Lq, H * Dh), is then a view instead of a copy of the whole activation
     out = torch.empty((b, lq, h, dh), device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
     _attn_fwd(lambda meta: (b * h, triton.cdiv(lq, meta["BLOCK_M"])),
               q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse,
-              h, lq, lk, scale * LOG2E, device=q.device, dtype=q.dtype, rows=lq,
-              HEAD_DIM=dh, BLOCK_D=_block_d(dh), IN_PRECISION=dot_precision(q.dtype))
+              h, lq, lk, scale * LOG2E, lse if lengths is None else lengths,
+              device=q.device, dtype=q.dtype, rows=lq, HEAD_DIM=dh, BLOCK_D=_block_d(dh),
+              IN_PRECISION=dot_precision(q.dtype), HAS_LENGTHS=lengths is not None)
     return out, lse
 
 
 def attention_bwd(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse2: Tensor,
-                  scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+                  scale: float, lengths: Optional[Tensor] = None
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
     """Launch the backward kernels; returns (dq, dk, dv), contiguous, in q.dtype."""
     b, h, lq, lk, dh = check_args(q, k, v)
+    lengths = _check_lengths(lengths, b)
     if tuple(grad.shape) != (b, h, lq, dh) or tuple(out.shape) != (b, h, lq, dh):
         raise ValueError(f"attention_bwd: grad/out must be [{b}, {h}, {lq}, {dh}], "
                          f"got {tuple(grad.shape)} and {tuple(out.shape)}")
@@ -332,8 +381,9 @@ def attention_bwd(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
                     **launch)
     keys = (k, *k.stride(), v, *v.stride())
     queries = (q, *q.stride(), grad, *grad.stride(), lse2, delta)
-    sizes = (h, lq, lk, scale, scale * LOG2E)
+    sizes = (h, lq, lk, scale, scale * LOG2E, lse2 if lengths is None else lengths)
     launch["IN_PRECISION"] = dot_precision(q.dtype)
+    launch["HAS_LENGTHS"] = lengths is not None
     _attn_bwd_dkdv(lambda meta: (b * h, triton.cdiv(lk, meta["BLOCK_N"])), *keys, *queries,
                    dk, dv, *sizes, **launch)
     _attn_bwd_dq(over_queries, *queries, *keys, dq, *sizes, **launch)
@@ -346,18 +396,18 @@ def attention_bwd(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, scale = inputs
+    q, k, v, scale, lengths = inputs
     out, lse2 = output
-    ctx.save_for_backward(q, k, v, out, lse2)
+    ctx.save_for_backward(q, k, v, out, lse2, lengths)
     ctx.scale = scale
     ctx.mark_non_differentiable(lse2)
 
 
 def _backward(ctx, grad_out, grad_lse2):
     # lse2 is an auxiliary output for the backward: it is marked non-differentiable
-    q, k, v, out, lse2 = ctx.saved_tensors
-    dq, dk, dv = attention_bwd_op(grad_out, q, k, v, out, lse2, ctx.scale)
-    return dq, dk, dv, None
+    q, k, v, out, lse2, lengths = ctx.saved_tensors
+    dq, dk, dv = attention_bwd_op(grad_out, q, k, v, out, lse2, ctx.scale, lengths)
+    return dq, dk, dv, None, None
 
 
 attention_bwd_op = define_op("attention_bwd", attention_bwd, attention_bwd_ref)
@@ -365,7 +415,7 @@ attention_fwd_op = define_op("attention_fwd", attention_fwd, attention_fwd_ref,
                              backward=_backward, setup_context=_setup_context)
 
 
-def attention_op(q, k, v, scale=None):
+def attention_op(q, k, v, scale=None, lengths=None):
     """torch.ops.clippo.attention_fwd, output only: Triton on CUDA, torch on the CPU."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return attention_fwd_op(q, k, v, scale)[0]
+    return attention_fwd_op(q, k, v, scale, lengths)[0]

@@ -15,6 +15,10 @@ from clippo.model.vit import ViT, variant_name
 from clippo.text.config import RenderConfig  # config only: no compiled extension needed
 
 EMBED_EPS = 1e-8  # z / (||z|| + eps), as one_tower.py
+# Which patches of a rendered text the tower encodes: "all" (the reference: the whole image)
+# or "ink" (only the patches holding ink, each with its own position embedding; see
+# clippo.model.tokens). Photos always use every patch.
+TEXT_TOKENS = ("all", "ink")
 
 
 def _render_config(render, image_size):
@@ -46,16 +50,19 @@ class CLIPPO(nn.Module):
     """One-tower CLIPPO model: `img` (a ViT with a Dense head to out_dim) and temperature `t`.
 
     Arguments: variant ("B/16"), image_size, out_dim, pool_type, temperature_init, render
-    (RenderConfig or dict of overrides), and ViT size overrides (width, depth, mlp_dim,
-    num_heads, patch_size). `model.config` holds everything needed to rebuild it.
+    (RenderConfig or dict of overrides), text_tokens ("all" or "ink", TEXT_TOKENS), and ViT
+    size overrides (width, depth, mlp_dim, num_heads, patch_size). `model.config` holds
+    everything needed to rebuild it.
     """
 
     def __init__(self, variant="B/16", *, image_size=224, out_dim=768, pool_type="map",
-                 temperature_init=10.0, render=None, **vit_kw):
+                 temperature_init=10.0, render=None, text_tokens="all", **vit_kw):
         super().__init__()
         unknown = set(vit_kw) - {"width", "depth", "mlp_dim", "num_heads", "patch_size"}
         if unknown:
             raise TypeError(f"CLIPPO got unexpected arguments {sorted(unknown)}")
+        if text_tokens not in TEXT_TOKENS:
+            raise ValueError(f"text_tokens must be one of {TEXT_TOKENS}, got {text_tokens!r}")
         if not temperature_init > 0:
             raise ValueError(f"temperature_init must be > 0, got {temperature_init!r}")
         self.img = ViT(variant, image_size=image_size, pool_type=pool_type, num_classes=out_dim,
@@ -63,6 +70,7 @@ class CLIPPO(nn.Module):
         self.t = nn.Parameter(torch.full((1,), math.log(temperature_init)))
         self.temperature_init = float(temperature_init)
         self.render_config = _render_config(render, image_size)
+        self.text_tokens = text_tokens
         self._renderers = {}
 
     @property
@@ -72,7 +80,8 @@ class CLIPPO(nn.Module):
         sizes = {k: cfg[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size")}
         return dict(variant=variant_name(**sizes), **sizes, pool_type=cfg["pool_type"],
                     image_size=h if h == w else [h, w], out_dim=cfg["num_classes"],
-                    temperature_init=self.temperature_init, render=self.render_config.to_dict())
+                    temperature_init=self.temperature_init, render=self.render_config.to_dict(),
+                    text_tokens=self.text_tokens)
 
     @classmethod
     def from_config(cls, config, device=None):
@@ -97,14 +106,34 @@ class CLIPPO(nn.Module):
 
     # -- encoders -------------------------------------------------------------------------
 
-    def encode_image(self, images, normalize_output=True):
-        """images: [B, 3, H, W] uint8 in [0, 255] or float in [-1, 1] -> [B, out_dim]."""
+    def encode_image(self, images, normalize_output=True, keep=None):
+        """images: [B, 3, H, W] uint8 in [0, 255] or float in [-1, 1] -> [B, out_dim].
+
+        keep: None (every patch) or bool [B, N]: the patches each image is encoded from."""
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a tensor, got {type(images).__name__}")
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-        z = self.img(images)
+        z = self.img(images, keep=keep)
         return normalize(z) if normalize_output else z
+
+    def text_keep(self, text_images):
+        """The keep mask of rendered texts under `text_tokens`: None for "all", the patches
+        holding ink (a pixel scan of the render) for "ink"."""
+        if self.text_tokens == "all":
+            return None
+        from clippo.model.tokens import pixel_ink
+        return pixel_ink(text_images, self.img.patch_size,
+                         self.render_config.background_brightness)
+
+    def render_texts(self, texts, device=None):
+        """(uint8 images [B, 3, S, S], keep mask or None) of strings rendered on `device`
+        (default: the model's), the mask as `text_tokens` asks: for "ink" the renderer's,
+        from the layout."""
+        with torch.no_grad():  # rendering has no gradient
+            if self.text_tokens == "all":
+                return self.renderer(device)(texts), None
+            return self.renderer(device)(texts, ink_patch_size=self.img.patch_size)
 
     def renderer(self, device=None):
         """The TextRenderer for `render_config` on `device` (default: the model's), cached."""
@@ -115,9 +144,10 @@ class CLIPPO(nn.Module):
         return self._renderers[device]
 
     def encode_text(self, texts, normalize_output=True):
-        """texts: a string, a list of strings, or an already rendered image batch."""
+        """texts: a string, a list of strings, or an already rendered image batch (uint8, or
+        float in [-1, 1]); encoded from the tokens `text_tokens` says."""
         if isinstance(texts, torch.Tensor):
-            return self.encode_image(texts, normalize_output)
+            return self.encode_image(texts, normalize_output, keep=self.text_keep(texts))
         return render_and_encode(self, texts, normalize_output)
 
     @torch.no_grad()
@@ -178,13 +208,13 @@ def render_and_encode(model, texts, normalize_output=True):
     """Render strings on the model's device and encode them.
 
     The uint8 render goes straight into the patch-embedding kernel, which normalises on the
-    fly, so no float copy of the text images is made.
+    fly, so no float copy of the text images is made. With text_tokens="ink" only the patches
+    holding ink are encoded.
     """
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be strings")
-    with torch.no_grad():  # rendering has no gradient
-        images = model.renderer()(texts)
-    return model.encode_image(images, normalize_output)
+    images, keep = model.render_texts(texts)
+    return model.encode_image(images, normalize_output, keep=keep)

@@ -137,13 +137,14 @@ class MultiHeadDotProductAttention(nn.Module):
         width = layers[0].weight.shape[0]
         return [self._heads(y) for y in F.linear(x, w, b).split(width, dim=-1)]
 
-    def forward(self, inputs_q, inputs_kv, residual=None):
+    def forward(self, inputs_q, inputs_kv, residual=None, lengths=None):
+        """lengths: int [B] or None; keys past lengths[b] are padding (masked out)."""
         if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
             q, k, v = self._project(inputs_q, (self.query, self.key, self.value))
         else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
             (q,) = self._project(inputs_q, (self.query,))
             k, v = self._project(inputs_kv, (self.key, self.value))
-        y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
+        y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), lengths=lengths)
         b, _, n, _ = y.shape
         y = y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return _dense(self.out, y, residual=residual)
@@ -181,9 +182,9 @@ class Encoder1DBlock(nn.Module):
         self.LayerNorm_1 = _layer_norm(width)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim)
 
-    def forward(self, x):
+    def forward(self, x, lengths=None):
         y = self.LayerNorm_0(x)
-        x = self.MultiHeadDotProductAttention_0(y, y, residual=x)
+        x = self.MultiHeadDotProductAttention_0(y, y, residual=x, lengths=lengths)
         return self.MlpBlock_0(self.LayerNorm_1(x), residual=x)
 
 
@@ -200,9 +201,9 @@ class Encoder(nn.Module):
     def blocks(self):
         return [getattr(self, f"encoderblock_{i}") for i in range(self.depth)]
 
-    def forward(self, x, out=None):
+    def forward(self, x, out=None, lengths=None):
         for i, block in enumerate(self.blocks()):
-            x = block(x)
+            x = block(x) if lengths is None else block(x, lengths=lengths)
             if out is not None:
                 out[f"block{i:02d}"] = x
         return self.encoder_norm(x)
@@ -218,9 +219,9 @@ class MAPHead(nn.Module):
         self.LayerNorm_0 = _layer_norm(width)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim)
 
-    def forward(self, x):
+    def forward(self, x, lengths=None):
         probe = self.probe.expand(x.shape[0], -1, -1)
-        x = self.MultiHeadDotProductAttention_0(probe, x)
+        x = self.MultiHeadDotProductAttention_0(probe, x, lengths=lengths)
         x = self.MlpBlock_0(self.LayerNorm_0(x), residual=x)
         return x[:, 0]
 
@@ -232,6 +233,11 @@ class ViT(nn.Module):
     arguments (width, depth, mlp_dim, num_heads, patch_size) override them. pool_type is "map"
     (CLIPPO), "gap" (mean of tokens) or "0" (first token). num_classes=None leaves out `head`.
     Images whose patch grid has as many cells as the position table are accepted.
+
+    forward(x, keep=mask) encodes each image from the patches its bool [B, N] mask keeps
+    (raster order; see clippo.model.tokens): rows that keep every patch take the plain path,
+    the others are padded to the longest of them, attention and pooling masked past each
+    row's length.
     """
 
     def __init__(self, variant=None, *, width=None, depth=None, mlp_dim=None, num_heads=None,
@@ -304,11 +310,13 @@ class ViT(nn.Module):
             _lecun_normal_(self.head.weight, fan_in=self.width)
             nn.init.zeros_(self.head.bias)
 
-    def forward(self, x, return_intermediates=False):
+    def forward(self, x, return_intermediates=False, keep=None):
         """x: [B, 3, H, W] float in [-1, 1] or uint8 in [0, 255]. Returns [B, num_classes or D].
 
-        With return_intermediates, returns (output, dict) with the tokens after the position
-        embedding ("with_posemb"), each block ("blockNN"), "encoded", "pre_logits", "logits".
+        keep: bool [B, N] or None (every patch): the patches each image is encoded from.
+        With return_intermediates (not with a keep mask), returns (output, dict) with the tokens
+        after the position embedding ("with_posemb"), each block ("blockNN"), "encoded",
+        "pre_logits", "logits".
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(x.shape)}")
@@ -317,6 +325,10 @@ class ViT(nn.Module):
         if h % p or w % p or (h // p) * (w // p) != self.num_patches:
             raise ValueError(f"image of size {h}x{w} does not give the {self.num_patches} patches "
                              f"of the position table with patch size {p}")
+        if keep is not None:
+            if return_intermediates:
+                raise ValueError("return_intermediates is not supported with a keep mask")
+            return self._forward_kept(x, keep)
         out = {} if return_intermediates else None
         x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias, self.pos_embedding)
         if out is not None:
@@ -324,12 +336,7 @@ class ViT(nn.Module):
         x = self.Transformer(x, out)
         if out is not None:
             out["encoded"] = x
-        if self.pool_type == "map":
-            x = self.MAPHead_0(x)
-        elif self.pool_type == "gap":
-            x = x.mean(dim=1)
-        else:  # "0"
-            x = x[:, 0]
+        x = self._pool(x)
         if out is not None:
             out["pre_logits"] = x
         if self.head is not None:
@@ -337,3 +344,43 @@ class ViT(nn.Module):
             if out is not None:
                 out["logits"] = x
         return (x, out) if return_intermediates else x
+
+    def _pool(self, x, lengths=None):
+        """[B, L, D] -> [B, D]; with lengths, over each row's first lengths[b] tokens only."""
+        if self.pool_type == "map":
+            return self.MAPHead_0(x, lengths)
+        if self.pool_type == "gap":
+            if lengths is None:
+                return x.mean(dim=1)
+            valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+            return (x * valid[..., None]).sum(1) / lengths[:, None].to(x.dtype)
+        return x[:, 0]  # "0": the first kept token
+
+    def forward_tokens(self, x, patch_index):
+        """Encode each image from its indexed patches: patch_index int [B, L] (kept patches
+        first, then -1; every row keeps at least one). Returns [B, num_classes or D]."""
+        lengths = (patch_index >= 0).sum(1)
+        x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias,
+                                self.pos_embedding, patch_index=patch_index)
+        if bool((lengths == patch_index.shape[1]).all()):
+            lengths = None  # rows of one length (patch dropout): no padding, no mask
+        x = self._pool(self.Transformer(x, lengths=lengths), lengths)
+        return self.head(x) if self.head is not None else x
+
+    def _forward_kept(self, x, keep):
+        from clippo.model.tokens import keep_index
+        if keep.shape != (x.shape[0], self.num_patches) or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a bool mask [{x.shape[0]}, {self.num_patches}], "
+                             f"got {keep.dtype} {tuple(keep.shape)}")
+        keep = keep.to(x.device)
+        whole = keep.all(1)
+        if bool(whole.all()):
+            return self(x)
+        if not bool(whole.any()):
+            return self.forward_tokens(x, keep_index(keep)[0])
+        # rows that keep everything (photos) take the plain path, the others are padded to
+        # the longest of them only, then the outputs go back to the rows' order
+        rows_whole, rows_part = whole.nonzero()[:, 0], (~whole).nonzero()[:, 0]
+        z = torch.cat([self(x[rows_whole]),
+                       self.forward_tokens(x[rows_part], keep_index(keep[rows_part])[0])])
+        return z[torch.cat([rows_whole, rows_part]).argsort()]

@@ -99,7 +99,7 @@ def build_model(args):
     overrides = {k: v for k, v in dict(
         image_size=args.image_size, patch_size=args.patch_size, width=args.width,
         depth=args.depth, num_heads=args.heads, mlp_dim=args.mlp_dim,
-        out_dim=args.out_dim).items() if v is not None}
+        out_dim=args.out_dim, text_tokens=args.text_tokens).items() if v is not None}
     try:
         return create_model(name, pretrained=args.pretrained, **overrides)
     except FileNotFoundError as e:
@@ -301,7 +301,8 @@ def check_world_size_change(ckpt, args, env):
 
 
 def _check_resume_compatible(ckpt, args, env, model):
-    if ckpt["model_config"] != model.config:
+    # checkpoints from before text_tokens existed encoded every text patch
+    if {"text_tokens": "all", **ckpt["model_config"]} != model.config:
         raise TrainError("the checkpoint's model differs from --model and its overrides: "
                          f"checkpoint {ckpt['model_config']}, flags {model.config}")
     # the batch flags may change when the global batch stays (check_world_size_change)
@@ -383,7 +384,8 @@ class Trainer:
                              f"{self.image_size}")
         from clippo.loss import create_loss
         self.loss_fn = create_loss(args.loss)
-        self.task = ContrastiveTask(self.model, self.loss_fn).to(self.device)
+        self.task = ContrastiveTask(self.model, self.loss_fn,
+                                    patch_dropout=args.force_patch_dropout or 0.0).to(self.device)
         self.optimizer = build_optimizer(args, self.task)
         self.world_change = None
         if ckpt is not None:

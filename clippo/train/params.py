@@ -168,6 +168,14 @@ def build_parser():
     g.add_argument("--heads", type=_positive_int)
     g.add_argument("--mlp-dim", type=_positive_int)
     g.add_argument("--out-dim", type=_positive_int)
+    g.add_argument("--text-tokens", choices=("all", "ink"),
+                   help="which patches of a rendered text the model encodes: all (the "
+                        "reference) or ink (only those holding ink); saved with the model, "
+                        "which is then evaluated the same way (default: the model config's or "
+                        "--pretrained's, else all)")
+    g.add_argument("--force-patch-dropout", type=_fraction, metavar="FRACTION",
+                   help="patch dropout (FLIP), as OpenCLIP's: drop this fraction of each "
+                        "photo's patches, chosen at random every step, in training only")
     g.add_argument("--loss", choices=LOSSES, default="softmax",
                    help="softmax (CLIPPO's) or sigmoid (SigLIP's, with a learned bias)")
 

@@ -10,6 +10,11 @@ the device (the model's renderer, no gradient) and forms the two sides of the lo
 so image-text and sentence pairs share one softmax over the combined batch (the paper's
 "+25% C4"). Both sides go through the one tower in a single encode call.
 
+Which tokens each row is encoded from travels as `keep`, a pair of bool [rows, N] masks (None:
+every patch of every row): with the model's text_tokens="ink" the rendered texts (captions and
+both sentences of a pair) keep their ink patches; with patch dropout (FLIP) the photos keep a
+random subset drawn from torch's RNG in the step, in training mode only.
+
 Gradient accumulation (--accum-freq k, as OpenCLIP): a step takes k micro-batches of the
 per-rank batch size, so the loss is over batch_size x k x world_size pairs. The embeddings of
 all k micro-batches are computed without gradient first; then each micro-batch is encoded
@@ -40,18 +45,22 @@ class ContrastiveTask(nn.Module):
     embeddings computed here and the others taken from `cached`.
     """
 
-    def __init__(self, model, loss):
+    def __init__(self, model, loss, patch_dropout=0.0):
         super().__init__()
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch dropout must be in [0, 1), got {patch_dropout}")
         self.model = model
         self.loss = loss
+        self.patch_dropout = float(patch_dropout)  # photos, in training mode only
 
-    def encode(self, left, right):
+    def encode(self, left, right, keep=None):
         n = left.shape[0]
-        z = self.model.encode_image(torch.cat([left, right]))
+        keep = None if keep is None else torch.cat(keep)
+        z = self.model.encode_image(torch.cat([left, right]), keep=keep)
         return z[:n], z[n:]
 
-    def forward(self, left, right, cached=None, index=None, encode_only=False):
-        zl, zr = self.encode(left, right)
+    def forward(self, left, right, cached=None, index=None, encode_only=False, keep=None):
+        zl, zr = self.encode(left, right, keep)
         if encode_only:
             return zl, zr
         if cached is not None:
@@ -70,6 +79,12 @@ class ContrastiveTask(nn.Module):
 
 def render_sides(task, batch, device):
     """(left, right) uint8 image batches on `device`; the strings are rendered there."""
+    return render_batch(task, batch, device)[:2]
+
+
+def render_batch(task, batch, device):
+    """(left, right, keep): the image batches of render_sides and which patches each row is
+    encoded from (None: all of them)."""
     images = batch["images"]
     if images.shape[0] == 0:  # every photo of the batch was skipped: [0, 3, 0, 0]
         size = task.model.render_config.image_size
@@ -77,36 +92,55 @@ def render_sides(task, batch, device):
     images = images.to(device, non_blocking=True)
     texts = list(batch["texts"])
     texts_a, texts_b = list(batch.get("texts_a") or []), list(batch.get("texts_b") or [])
+    model = task.model
     with torch.no_grad():
-        render = task.model.renderer(device)
-        right = render(texts + texts_b)
-        left = torch.cat([images, render(texts_a)]) if texts_a else images
-    return left, right
+        right, right_keep = model.render_texts(texts + texts_b, device)
+        left, left_keep = images, None
+        if texts_a:
+            rendered_a, keep_a = model.render_texts(texts_a, device)
+            left = torch.cat([images, rendered_a])
+        dropout = task.patch_dropout if task.training else 0.0
+        if right_keep is None and not dropout:
+            return left, right, None
+        n_patches = model.img.num_patches
+        photos = (_random_keep(images.shape[0], n_patches, dropout, device) if dropout else
+                  torch.ones(images.shape[0], n_patches, dtype=torch.bool, device=device))
+        if right_keep is None:  # text_tokens "all": every text patch
+            right_keep = torch.ones(right.shape[0], n_patches, dtype=torch.bool, device=device)
+            keep_a = torch.ones(len(texts_a), n_patches, dtype=torch.bool, device=device)
+        left_keep = torch.cat([photos, keep_a]) if texts_a else photos
+    return left, right, (left_keep, right_keep)
+
+
+def _random_keep(rows, num_patches, fraction, device):
+    from clippo.model.tokens import random_keep
+    return random_keep(rows, num_patches, fraction, device)
 
 
 def forward_backward(module, task, micro_batches, autocast=None):
     """Gradients of the loss over all micro-batches into the parameters' .grad (added to what
-    is there). micro_batches: [(left, right)] uint8 image batches, any of them empty.
+    is there). micro_batches: [(left, right, keep)] from render_batch, any of them empty.
 
-    module: `task` or its DDP wrapper. Returns the loss (detached).
+    module: `task` or its DDP wrapper; keep: render_batch's masks. Returns the loss (detached).
     """
     autocast = autocast or contextlib.nullcontext
+    micro_batches = [(*mb, None) if len(mb) == 2 else tuple(mb) for mb in micro_batches]
     k = len(micro_batches)
     if k == 1:
         with autocast():
-            loss = module(*micro_batches[0])
+            loss = module(*micro_batches[0][:2], keep=micro_batches[0][2])
         loss.backward()
         return loss.detach()
     with torch.no_grad(), autocast():
-        cached = [module(l, r, encode_only=True) for l, r in micro_batches]
+        cached = [module(l, r, encode_only=True, keep=kp) for l, r, kp in micro_batches]
     cached = ([z[0] for z in cached], [z[1] for z in cached])
     no_sync = getattr(module, "no_sync", None)
-    for j, (l, r) in enumerate(micro_batches):
+    for j, (l, r, kp) in enumerate(micro_batches):
         last = j == k - 1
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                loss = module(l, r, cached=cached, index=j)
+                loss = module(l, r, cached=cached, index=j, keep=kp)
             loss.backward()
     for p in task.scale_parameters():
         if p.grad is not None:
@@ -130,7 +164,7 @@ def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
     """
     if isinstance(batches, dict):
         batches = [batches]
-    sides = [render_sides(task, b, device) for b in batches]
+    sides = [render_batch(task, b, device) for b in batches]
     optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(module, task, sides, autocast)
     params = [p for p in task.parameters() if p.grad is not None]
@@ -142,5 +176,5 @@ def train_step(module, task, optimizer, batches, *, device, grad_clip_norm=None,
     # norm is of the all-reduced gradient, so every rank decides alike)
     finite = torch.isfinite(grad_norm)
     guarded_step(optimizer, finite)
-    return {"loss": loss, "n": sum(left.shape[0] for left, _ in sides),
+    return {"loss": loss, "n": sum(left.shape[0] for left, _, _ in sides),
             "grad_norm": grad_norm.detach(), "finite": finite}

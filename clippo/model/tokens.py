@@ -1,0 +1,68 @@
+"""Variable token sets: which patches of an image the ViT encodes.
+
+A `keep` mask, bool [B, N] over the N patches of each image in row-major order (True = the
+patch becomes a token), says which tokens each image gets; the ViT then runs on those tokens
+only, each with its own position embedding. Two uses:
+
+  * ink tokens (`text_tokens="ink"`): a rendered text is encoded from the patches that hold
+    ink; the others are pure background and are dropped;
+  * patch dropout (FLIP, OpenCLIP's --force-patch-dropout): a random subset of a photo's
+    patches during training.
+
+Images with different token counts are batched by padding: `keep_index` turns the mask into
+`patch_index` [B, L] (the kept patches first, in raster order, then -1 padding) and `lengths`
+[B]; clippo.kernels.patch_embed embeds the indexed patches straight from the (uint8) images,
+attention masks the padded keys, the MAP head pools over the kept tokens only. An image with nothing kept (the empty string renders no ink) keeps one token, patch 0
+(the top-left patch, which for a text holds only background): its embedding is that of a
+blank page, not undefined.
+"""
+import torch
+
+from clippo import kernels
+
+EMPTY_KEEPS = 0  # the patch an image with nothing kept keeps: one token, not none
+
+
+def pixel_ink(images, patch_size, background):
+    """bool [B, N]: which patches of rendered texts hold any pixel other than `background`.
+
+    images: [B, C, H, W] uint8, or float in [-1, 1] (the uint8 pixels x / 255 * 2 - 1, which
+    round back exactly). For text images rendered elsewhere (strings get the renderer's
+    layout masks, which equal this scan).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.is_floating_point():
+        images = ((images.float() + 1.0) * (255.0 / 2.0)).round().clamp(0, 255).to(torch.uint8)
+    b, _, h, w = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image of size {h}x{w} is not a multiple of patch size {p}")
+    ink = images != background  # [B, C, H, W]
+    ink = ink.any(1).view(b, h // p, p, w // p, p).any(4).any(2)
+    return ink.reshape(b, -1)
+
+
+def keep_index(keep):
+    """bool [B, N] -> (patch_index int32 [B, L], lengths int32 [B]), L = the longest row:
+    clippo.kernels.ink_index, except that a row with nothing kept keeps patch EMPTY_KEEPS
+    (length 1), so that every image has a token to pool."""
+    if keep.dim() != 2 or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a bool mask [B, N], got {keep.dtype} "
+                         f"{tuple(keep.shape)}")
+    keep = keep.clone()
+    keep[~keep.any(1), EMPTY_KEEPS] = True
+    return kernels.ink_index(keep)
+
+
+def random_keep(rows, num_patches, fraction_dropped, device=None):
+    """Patch dropout: bool [rows, num_patches] with the same number of patches kept in each
+    row, max(1, int(num_patches * (1 - fraction_dropped))) as OpenCLIP's PatchDropout, chosen
+    uniformly with torch's default generator (the training step's RNG)."""
+    if not 0.0 <= fraction_dropped < 1.0:
+        raise ValueError(f"patch dropout must be in [0, 1), got {fraction_dropped}")
+    kept = max(1, int(num_patches * (1.0 - fraction_dropped)))
+    scores = torch.rand(rows, num_patches, device=device)
+    chosen = scores.topk(kept, dim=1).indices
+    keep = torch.zeros(rows, num_patches, dtype=torch.bool, device=device)
+    return keep.scatter_(1, chosen, True)
