@@ -274,6 +274,7 @@ FLAG_KINDS = {
     "model": "model", "pretrained": "model", "image_size": "model", "patch_size": "model",
     "width": "model", "depth": "model", "heads": "model", "mlp_dim": "model",
     "out_dim": "model", "loss": "model", "precision": "model",
+    "text_tokens": "model", "force_patch_dropout": "model",
     # optimisation
     "batch_size": "batch", "accum_freq": "batch",
     "steps": "schedule", "epochs": "schedule", "lr": "schedule", "wd": "schedule",
