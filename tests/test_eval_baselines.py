@@ -84,7 +84,10 @@ class ColourOnly:
             return out
         return render
 
-    def encode_image(self, images):
+    def render_texts(self, texts, device=None):  # as CLIPPO.render_texts with text_tokens="all"
+        return self.renderer(device)(list(texts)), None
+
+    def encode_image(self, images, keep=None):
         rgb = torch.tensor([B.COLORS[c] for c in self.colours], dtype=torch.float32)
         px = images.float().flatten(2).transpose(1, 2)  # [N, P, 3]
         dist = torch.cdist(px, rgb[None].expand(len(px), -1, -1))  # [N, P, 8]

@@ -15,7 +15,8 @@ from _kernel_testing import TRITON_HERE, WHY_NOT
 from clippo.kernels._backend import HAS_TRITON
 
 # the test files with Triton-tier (needs_triton) tests
-TRITON_TIER = ["test_patch_embed.py", "test_attention.py", "test_kernel_layer_norm.py",
+TRITON_TIER = ["test_patch_embed.py", "test_attention.py", "test_attention_padding.py",
+               "test_kernel_layer_norm.py",
                "test_kernel_linear.py", "test_model_kernels.py"]
 
 

@@ -32,8 +32,8 @@ def launchers_as_ops(monkeypatch):
 
     monkeypatch.setattr(pe, "patch_embed_op", count("patch_embed", pe.patch_embed_fwd))
     monkeypatch.setattr(at, "attention_op",
-                        count("attention", lambda q, k, v, s: at.attention_fwd(
-                            q, k, v, q.shape[-1] ** -0.5 if s is None else s)[0]))
+                        count("attention", lambda q, k, v, s, lengths=None: at.attention_fwd(
+                            q, k, v, q.shape[-1] ** -0.5 if s is None else s, lengths)[0]))
     monkeypatch.setattr(ln, "layer_norm_op",
                         count("layer_norm", lambda x, w, b, e: ln.layer_norm_fwd(x, w, b, e)[0]))
     monkeypatch.setattr(lin, "linear_op",

@@ -116,7 +116,8 @@ def evaluate_nlu(model, task, train, test, *, mode="linear", pair_encoding=None,
 
 def _forward_texts(model, head, texts_a, texts_b, pair_encoding, separator, layer):
     def features(texts):  # rendered, then encoded from the tokens text_tokens says
-        return model_features(model, *model.render_texts(list(texts)), layer=layer)
+        images, keep = model.render_texts(list(texts))
+        return model_features(model, images, layer, keep)
 
     if texts_b is None:
         feats = features(texts_a)
