@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from clippo.train import distributed as dist_lib
+from clippo.train.params import _non_negative_int
 
 IMAGE_BATCH = 64   # clippo eval's --batch-size default
 TEXT_BATCH = 256   # clippo eval's text batch (encode_texts / zero_shot_classifier default)
@@ -50,16 +51,6 @@ def add_arguments(parser):
                    "of JSON template/class-name files keyed by dataset name")
     g.add_argument("--eval-every", type=_non_negative_int, default=0,
                    help="steps between evaluations (0: only after the last step)")
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def enabled(args):
