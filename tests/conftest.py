@@ -38,3 +38,12 @@ def demo_model_dir(demo_run):
     """The demo-trained model's save_pretrained folder."""
     out, report = demo_run
     return report["model_dir"]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (training runs compared bit for bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

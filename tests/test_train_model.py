@@ -15,11 +15,8 @@ FLAGS = ["--train-data", "builtin", "--train-num-samples", "32", "--batch-size",
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def test_model_config_json_with_overrides(tmp_path):

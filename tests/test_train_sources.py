@@ -22,11 +22,8 @@ TIMING = {"samples_per_s", "data_time", "step_time"}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def _metrics(out):
