@@ -149,6 +149,9 @@ def main(argv=None):
     p.add_argument("--text-tokens", choices=("all", "ink"), default="all",
                    help="train the demo's model with every patch of a rendered text (all, the "
                         "reference) or only those holding ink (clippo train --text-tokens)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (default: the recipe's, 0); the held-out figures of "
+                        "several seeds show how much of a difference is noise")
 
     p = sub.add_parser("bench", help="rendering and encoding speed on this machine")
     p.add_argument("--output", "--out", dest="out", default="clippo-bench",

@@ -53,10 +53,21 @@ def stage_steps(steps=None):
     return split + [total - sum(split)]
 
 
+def recipe(overrides=None):
+    """RECIPE with `overrides` (a dict of RECIPE's keys: seed, lr, ...) applied; an unknown
+    key is an error, not a silently ignored flag."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(RECIPE))
+    if unknown:
+        raise ValueError(f"unknown demo recipe keys {unknown}; expected some of {sorted(RECIPE)}")
+    return dict(RECIPE, **overrides)
+
+
 def recipe_argv(out_dir, stage=0, steps=None, workers=1, device=None, progress=True,
-                pretrained=None, text_tokens="all"):
-    """`clippo train` flags for stage `stage` of the demo's recipe, writing into out_dir."""
-    r = dict(RECIPE, **STAGES[stage][2], steps=stage_steps(steps)[stage])
+                pretrained=None, text_tokens="all", overrides=None):
+    """`clippo train` flags for stage `stage` of the demo's recipe (with `overrides`, see
+    `recipe`), writing into out_dir."""
+    r = dict(recipe(overrides), **STAGES[stage][2], steps=stage_steps(steps)[stage])
     argv = ["--train-data", "builtin", "--output", str(out_dir), "--workers", str(workers),
             "--log-every", "5", "--save-every", "0"]
     for key, value in r.items():
@@ -162,8 +173,10 @@ def _print_table(rows):
     print("-" * (width + 16))
 
 
-def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True, text_tokens="all"):
-    """The whole demo; returns the report dict (also written to out/report.json)."""
+def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True, text_tokens="all",
+        overrides=None):
+    """The whole demo; returns the report dict (also written to out/report.json).
+    overrides: RECIPE keys to change (`recipe`), e.g. {"seed": 1}."""
     from clippo.train import parse_args
     from clippo.train import run as train_run
 
@@ -177,16 +190,16 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True, te
         # the last stage writes DIR/train: its model/ is the demo's model
         stage_dir = out / "train" if k == len(STAGES) - 1 else out / f"train-{name}"
         argv = recipe_argv(stage_dir, k, steps, workers, device, progress, pretrained,
-                           text_tokens)
+                           text_tokens, overrides)
         print(f"      stage {k + 1} ({name}): clippo train {' '.join(argv)}", flush=True)
         summary = train_run(parse_args(argv))
         stages.append((name, summary))
         pretrained = summary["model_dir"]
     train_seconds = time.perf_counter() - start
-    return evaluate_and_report(out, stages, train_seconds, device)
+    return evaluate_and_report(out, stages, train_seconds, device, overrides)
 
 
-def evaluate_and_report(out, stages, train_seconds, device="cpu"):
+def evaluate_and_report(out, stages, train_seconds, device="cpu", overrides=None):
     """Evaluate the last stage's model, draw the figures, write out/report.json and print the
     table: steps 2-4 of the demo. stages: [(name, `clippo train` summary)]."""
     from clippo.eval import builtin as builtin_eval
@@ -210,7 +223,7 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu"):
 
     print("[3/4] writing figures", flush=True)
     curves = [(name, st["metrics"]) for name, st in stages]
-    figures = [_caption_figure(model, out), _curve_figure(curves, RECIPE["batch_size"], out),
+    figures = [_caption_figure(model, out), _curve_figure(curves, recipe(overrides)["batch_size"], out),
                _retrieval_figure(model, galleries[0], out, pairs["metrics"])]
 
     report = {
@@ -267,7 +280,7 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu"):
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "recipe": dict(RECIPE, steps=total_steps,
+        "recipe": dict(recipe(overrides), steps=total_steps,
                        stages=[dict(name=n, share=f, **flags) for n, f, flags in STAGES]),
         "model_dir": str(summary["model_dir"]),
         "figures": [str(f) for f in figures],
@@ -304,5 +317,6 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu"):
 
 def main(args):
     run(args.out, steps=args.steps, device=args.device, workers=args.workers,
-        progress=not args.no_progress, text_tokens=getattr(args, "text_tokens", "all"))
+        progress=not args.no_progress, text_tokens=getattr(args, "text_tokens", "all"),
+        overrides=None if getattr(args, "seed", None) is None else {"seed": args.seed})
     return 0
