@@ -417,8 +417,8 @@ def main(argv=None):
     if token_facts:
         print(f"\ntext tokens kept with ink: {token_facts['text_tokens_kept_share']:.1%} of "
               f"{token_facts['patches_per_image']} per caption (mean {token_facts['mean_kept']:.1f},"
-              f" range {token_facts['min_kept']}-{token_facts['max_kept']}; padded to "
-              f"{token_facts['padded_length']}); captions: {token_facts['caption_chars_mean']:.1f}"
+              f" range {token_facts['min_kept']}-{token_facts['max_kept']}; packed, attention padded "
+              f"to {token_facts['padded_length']}); captions: {token_facts['caption_chars_mean']:.1f}"
               f" characters on average")
     if render_share is not None:
         print(f"\nrender share of clippo's step: {render_share:.2%} "
