@@ -73,8 +73,11 @@ class Packing:
         self.lengths = lengths
         self.batch, self.padded_length = lengths.shape[0], int(padded_length)
         slots = torch.arange(self.padded_length, device=lengths.device)
+        valid = (slots < lengths[:, None]).reshape(-1)
         # the kept slots of the flattened [B * L] padded batch, in order
-        self.index = (slots < lengths[:, None]).reshape(-1).nonzero()[:, 0]
+        self.index = valid.nonzero()[:, 0]
+        # for each padded slot its packed row, or T (a zero row appended) for padding
+        self.source = torch.where(valid, valid.cumsum(0) - 1, self.index.shape[0])
 
     @property
     def tokens(self):
@@ -92,9 +95,9 @@ class Packing:
         """[T, ...] -> [B, L, ...], zeros past each row's length."""
         if t.shape[0] != self.tokens:
             raise ValueError(f"unpack: expected {self.tokens} packed tokens, got {t.shape[0]}")
-        out = t.new_zeros(self.batch * self.padded_length, *t.shape[1:])
-        return out.index_copy(0, self.index, t).view(self.batch, self.padded_length,
-                                                      *t.shape[1:])
+        t = torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+        return t.index_select(0, self.source).view(self.batch, self.padded_length,
+                                                   *t.shape[1:])
 
 
 def random_keep(rows, num_patches, fraction_dropped, device=None):
