@@ -11,7 +11,7 @@ from clippo.eval.interface import open_clip_interface
 from clippo.kernels.patch_embed import patch_embed_ref
 from clippo.loss import create_loss
 from clippo.model.clippo import CLIPPO
-from clippo.model.tokens import keep_index, pixel_ink, random_keep
+from clippo.model.tokens import Packing, keep_index, pixel_ink, random_keep
 from clippo.train.step import ContrastiveTask, forward_backward, render_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
@@ -65,6 +65,62 @@ def test_keep_index_orders_pads_and_gives_an_empty_row_one_token():
     assert index.tolist() == [[1, 3, 4], [0, -1, -1]] and lengths.tolist() == [3, 1]
     with pytest.raises(ValueError, match="bool mask"):
         keep_index(keep.long())
+
+
+def test_packing_round_trip_by_hand_and_its_gradients():
+    lengths = torch.tensor([2, 1, 3])
+    packing = Packing(lengths, 3)
+    x = torch.arange(9.0).view(3, 3, 1)  # rows [0 1 2], [3 4 5], [6 7 8]
+    assert packing.tokens == 6
+    assert packing.pack(x)[:, 0].tolist() == [0, 1, 3, 6, 7, 8]
+    back = packing.unpack(packing.pack(x))
+    assert back[..., 0].tolist() == [[0, 1, 0], [3, 0, 0], [6, 7, 8]]  # zeros in the padding
+    t = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: packing.pack(packing.unpack(t) * 2), (t,))
+    with pytest.raises(ValueError, match="packed tokens"):
+        packing.unpack(torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"\[3, 3, \.\.\.\]"):
+        packing.pack(torch.zeros(3, 4, 1))
+
+
+def test_ragged_batch_gemms_see_only_the_kept_tokens(monkeypatch):
+    """The speed of ink tokens: every Dense layer of the blocks runs on sum(lengths) rows,
+    not on rows x the longest length (a padded batch would pass B * L rows)."""
+    from clippo import kernels
+    model = _model()
+    images = model.renderer("cpu")(TEXTS[:4])  # the fifth fills every patch: the plain path
+    keep = pixel_ink(images, 16, model.render_config.background_brightness)
+    lengths = keep.sum(1).clamp(min=1)
+    assert len(set(lengths.tolist())) > 1 and not keep.all(1).any()
+    rows = []
+    linear = kernels.linear
+    monkeypatch.setattr(kernels, "linear", lambda x, *a, **k: rows.append(
+        x.reshape(-1, x.shape[-1]).shape[0]) or linear(x, *a, **k))
+    with torch.no_grad():
+        model.img(images, keep=keep)
+    depth = model.img.Transformer.depth
+    # per block: attention out, MLP in, MLP out; then the MAP head's out, MLP in, MLP out
+    assert rows[:3 * depth] == [int(lengths.sum())] * (3 * depth)
+    assert rows[3 * depth:] == [4] * 3
+
+
+@pytest.mark.parametrize("pool_type", ["gap", "0"])
+def test_ragged_batch_pools_gap_and_first_token_over_kept_tokens(pool_type):
+    from clippo.model.vit import ViT
+    torch.manual_seed(0)
+    vit = ViT("Ti/16", width=32, depth=2, num_heads=2, mlp_dim=64, image_size=64,
+              pool_type=pool_type, num_classes=8).double().eval()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    keep = torch.rand(4, 16, generator=torch.Generator().manual_seed(1)) < 0.4
+    keep[0] = False  # nothing kept: patch 0
+    got = vit(images, keep=keep)
+    for b in range(4):
+        kept = keep[b].nonzero()[:, 0] if keep[b].any() else torch.tensor([0])
+        x = patch_embed_ref(images[b][None], vit.embedding.weight, vit.embedding.bias,
+                            vit.pos_embedding)[:, kept]
+        x = vit.Transformer(x)
+        want = vit.head(x.mean(1) if pool_type == "gap" else x[:, 0])[0]
+        torch.testing.assert_close(got[b], want, rtol=1e-10, atol=1e-10)
 
 
 def _reference_kept(vit, image, kept):

@@ -65,6 +65,23 @@ def test_model_forward_through_kernels(launchers_as_ops, uint8):
 
 
 @needs_triton
+def test_ink_tokens_packed_through_kernels(launchers_as_ops):
+    """Texts of different ink counts: the packed tokens [T, D] through the LayerNorm and Dense
+    kernels, padded only for the attention kernel with lengths, equal the torch path."""
+    torch.manual_seed(0)
+    model = clippo.create_model("mu/16", image_size=48, width=64, depth=2, mlp_dim=96,
+                                num_heads=2, out_dim=24, text_tokens="ink").to(DEVICE).eval()
+    texts = ["a red circle", "", "ein Stern", "x"]  # none fills all 9 patches: one pass
+    with torch.no_grad():
+        with K.use_backend("torch"):
+            want = model.encode_text(texts)
+        with K.use_backend("triton"):
+            got = model.encode_text(texts)
+    assert launchers_as_ops["linear"] == 3 * 2 + 3 and launchers_as_ops["attention"] == 3
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
 def test_fusions_off_under_auto_keep_torch_for_optional_kernels(launchers_as_ops):
     """Under "auto" with no fusion enabled, LayerNorm and Dense stay on torch (on a GPU the
     stable kernels still run; on the CPU nothing goes to the ops)."""

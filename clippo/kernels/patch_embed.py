@@ -105,8 +105,8 @@ def check_args(images, weight, bias, pos_embed, kernel=True, patch_index=None):
 
 
 def _normalise(images, dtype):
-    if images.dtype == torch.uint8:
-        images = images.to(torch.float32) / 255.0 * 2.0 - 1.0
+    if images.dtype == torch.uint8:  # x / 255 * 2 - 1, in place on the new float copy
+        images = images.to(torch.float32).div_(255.0).mul_(2.0).sub_(1.0)
     return images.to(dtype)
 
 
@@ -136,7 +136,9 @@ def patch_embed_ref(images, weight, bias=None, pos_embed=None, patch_index=None)
         if bias is not None:
             x = x + bias.to(weight.dtype)
         if pos_embed is not None:
-            x = x + pos_embed.reshape(-1, d).to(weight.dtype)[tok]
+            # index_select: its backward is an index_add, not advanced indexing's index_put
+            pos = pos_embed.reshape(-1, d).to(weight.dtype).index_select(0, tok.flatten())
+            x = x + pos.view(*tok.shape, d)
         return (x * keep[..., None].to(x.dtype)).contiguous()
     x = F.conv2d(_normalise(images, weight.dtype), weight,
                  None if bias is None else bias.to(weight.dtype), stride=p)

@@ -9,12 +9,15 @@ only, each with its own position embedding. Two uses:
   * patch dropout (FLIP, OpenCLIP's --force-patch-dropout): a random subset of a photo's
     patches during training.
 
-Images with different token counts are batched by padding: `keep_index` turns the mask into
-`patch_index` [B, L] (the kept patches first, in raster order, then -1 padding) and `lengths`
-[B]; clippo.kernels.patch_embed embeds the indexed patches straight from the (uint8) images,
-attention masks the padded keys, the MAP head pools over the kept tokens only. An image with nothing kept (the empty string renders no ink) keeps one token, patch 0
-(the top-left patch, which for a text holds only background): its embedding is that of a
-blank page, not undefined.
+Images with different token counts: `keep_index` turns the mask into `patch_index` [B, L]
+(the kept patches first, in raster order, then -1 padding) and `lengths` [B];
+clippo.kernels.patch_embed embeds the indexed patches straight from the (uint8) images. The
+tokens are then packed (`Packing`): the T = sum(lengths) kept tokens end to end, [T, D], so
+that the GEMMs, LayerNorms and MLPs, most of a step, cost the kept tokens only; attention
+alone sees them padded to [B, L] with the padded keys masked, and the MAP head pools over the
+kept tokens only. An image with nothing kept (the empty string renders no ink) keeps one
+token, patch 0 (the top-left patch, which for a text holds only background): its embedding is
+that of a blank page, not undefined.
 """
 import torch
 
@@ -53,6 +56,48 @@ def keep_index(keep):
     keep = keep.clone()
     keep[~keep.any(1), EMPTY_KEEPS] = True
     return kernels.ink_index(keep)
+
+
+class Packing:
+    """Sequences of different lengths packed end to end.
+
+    lengths: int [B] (each in 1..L); padded_length: L. A padded batch [B, L, ...] whose row b
+    holds lengths[b] tokens, then padding, packs to [T, ...], T = sum(lengths), rows in
+    order; `unpack` is the way back, zeros in the padding. Both are index copies, so gradients
+    flow through them (each other's backward).
+    """
+
+    def __init__(self, lengths, padded_length):
+        if lengths.dim() != 1:
+            raise ValueError(f"lengths must be [B], got shape {tuple(lengths.shape)}")
+        self.lengths = lengths
+        self.batch, self.padded_length = lengths.shape[0], int(padded_length)
+        slots = torch.arange(self.padded_length, device=lengths.device)
+        valid = (slots < lengths[:, None]).reshape(-1)
+        # the kept slots of the flattened [B * L] padded batch, in order
+        self.index = valid.nonzero()[:, 0]
+        # for each padded slot its packed row, or T (a zero row appended) for padding
+        self.source = torch.where(valid, valid.cumsum(0) - 1, self.index.shape[0])
+
+    @property
+    def tokens(self):
+        return self.index.shape[0]
+
+    def pack(self, x):
+        """[B, L, ...] -> [T, ...]."""
+        if tuple(x.shape[:2]) != (self.batch, self.padded_length):
+            raise ValueError(f"pack: expected [{self.batch}, {self.padded_length}, ...], got "
+                             f"{tuple(x.shape)}")
+        return x.reshape(self.batch * self.padded_length, *x.shape[2:]).index_select(
+            0, self.index)
+
+    def unpack(self, t):
+        """[T, ...] -> [B, L, ...], zeros past each row's length."""
+        if t.shape[0] != self.tokens:
+            raise ValueError(f"unpack: expected {self.tokens} packed tokens, got {t.shape[0]}")
+        t = torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+        return t.index_select(0, self.source).view(self.batch, self.padded_length,
+                                                   *t.shape[1:])
 
 
 def random_keep(rows, num_patches, fraction_dropped, device=None):

@@ -127,26 +127,36 @@ class MultiHeadDotProductAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _project(self, x, layers):
+    def _project(self, x, layers, packing=None):
         """x through several Dense layers as one GEMM (weights concatenated, a small copy);
-        returns per-layer views of the output, split into heads."""
+        returns per-layer views of the output, split into heads. With `packing` x is packed
+        tokens [T, D]: the GEMM runs on them, its output is padded to [B, L, ...] after."""
         if len(layers) == 1:
-            return [self._heads(layers[0](x))]
-        w = torch.cat([layer.weight for layer in layers])
-        b = torch.cat([layer.bias for layer in layers])
-        width = layers[0].weight.shape[0]
-        return [self._heads(y) for y in F.linear(x, w, b).split(width, dim=-1)]
+            y = layers[0](x)
+        else:
+            w = torch.cat([layer.weight for layer in layers])
+            b = torch.cat([layer.bias for layer in layers])
+            y = F.linear(x, w, b)
+        if packing is not None:
+            y = packing.unpack(y)
+        return [self._heads(part) for part in y.split(layers[0].weight.shape[0], dim=-1)]
 
-    def forward(self, inputs_q, inputs_kv, residual=None, lengths=None):
-        """lengths: int [B] or None; keys past lengths[b] are padding (masked out)."""
+    def forward(self, inputs_q, inputs_kv, residual=None, packing=None):
+        """packing: None, or a clippo.model.tokens.Packing: inputs_kv (and inputs_q, when it
+        is inputs_kv) are packed tokens [T, D] of sequences of different lengths; the
+        projections run on the T tokens only, attention on them padded, keys past each
+        sequence's length masked out."""
         if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
-            q, k, v = self._project(inputs_q, (self.query, self.key, self.value))
+            q, k, v = self._project(inputs_q, (self.query, self.key, self.value), packing)
         else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
             (q,) = self._project(inputs_q, (self.query,))
-            k, v = self._project(inputs_kv, (self.key, self.value))
-        y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), lengths=lengths)
+            k, v = self._project(inputs_kv, (self.key, self.value), packing)
+        y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim),
+                              lengths=None if packing is None else packing.lengths)
         b, _, n, _ = y.shape
         y = y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        if packing is not None and inputs_q is inputs_kv:
+            y = packing.pack(y)  # back to the T tokens: the out GEMM skips the padding
         return _dense(self.out, y, residual=residual)
 
     def init_weights(self):
@@ -182,9 +192,9 @@ class Encoder1DBlock(nn.Module):
         self.LayerNorm_1 = _layer_norm(width)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim)
 
-    def forward(self, x, lengths=None):
+    def forward(self, x, packing=None):
         y = self.LayerNorm_0(x)
-        x = self.MultiHeadDotProductAttention_0(y, y, residual=x, lengths=lengths)
+        x = self.MultiHeadDotProductAttention_0(y, y, residual=x, packing=packing)
         return self.MlpBlock_0(self.LayerNorm_1(x), residual=x)
 
 
@@ -201,9 +211,10 @@ class Encoder(nn.Module):
     def blocks(self):
         return [getattr(self, f"encoderblock_{i}") for i in range(self.depth)]
 
-    def forward(self, x, out=None, lengths=None):
+    def forward(self, x, out=None, packing=None):
+        """x: [B, L, D], or packed tokens [T, D] with `packing` (clippo.model.tokens)."""
         for i, block in enumerate(self.blocks()):
-            x = block(x) if lengths is None else block(x, lengths=lengths)
+            x = block(x) if packing is None else block(x, packing=packing)
             if out is not None:
                 out[f"block{i:02d}"] = x
         return self.encoder_norm(x)
@@ -219,9 +230,11 @@ class MAPHead(nn.Module):
         self.LayerNorm_0 = _layer_norm(width)
         self.MlpBlock_0 = MlpBlock(width, mlp_dim)
 
-    def forward(self, x, lengths=None):
-        probe = self.probe.expand(x.shape[0], -1, -1)
-        x = self.MultiHeadDotProductAttention_0(probe, x, lengths=lengths)
+    def forward(self, x, packing=None):
+        """x: [B, L, D], or packed tokens [T, D] with `packing`; returns [B, D]."""
+        rows = x.shape[0] if packing is None else packing.batch
+        probe = self.probe.expand(rows, -1, -1)
+        x = self.MultiHeadDotProductAttention_0(probe, x, packing=packing)
         x = self.MlpBlock_0(self.LayerNorm_0(x), residual=x)
         return x[:, 0]
 
@@ -236,8 +249,8 @@ class ViT(nn.Module):
 
     forward(x, keep=mask) encodes each image from the patches its bool [B, N] mask keeps
     (raster order; see clippo.model.tokens): rows that keep every patch take the plain path,
-    the others are padded to the longest of them, attention and pooling masked past each
-    row's length.
+    the others are packed (`forward_tokens`): the layers run on their kept tokens only,
+    attention and pooling masked past each row's length.
     """
 
     def __init__(self, variant=None, *, width=None, depth=None, mlp_dim=None, num_heads=None,
@@ -345,26 +358,35 @@ class ViT(nn.Module):
                 out["logits"] = x
         return (x, out) if return_intermediates else x
 
-    def _pool(self, x, lengths=None):
-        """[B, L, D] -> [B, D]; with lengths, over each row's first lengths[b] tokens only."""
+    def _pool(self, x, packing=None):
+        """[B, L, D] -> [B, D]; packed tokens [T, D] with `packing`: over each sequence's own."""
         if self.pool_type == "map":
-            return self.MAPHead_0(x, lengths)
+            return self.MAPHead_0(x, packing)
+        if packing is not None:
+            x = packing.unpack(x)  # zeros past each length
         if self.pool_type == "gap":
-            if lengths is None:
+            if packing is None:
                 return x.mean(dim=1)
-            valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
-            return (x * valid[..., None]).sum(1) / lengths[:, None].to(x.dtype)
+            return x.sum(1) / packing.lengths[:, None].to(x.dtype)
         return x[:, 0]  # "0": the first kept token
 
     def forward_tokens(self, x, patch_index):
         """Encode each image from its indexed patches: patch_index int [B, L] (kept patches
-        first, then -1; every row keeps at least one). Returns [B, num_classes or D]."""
+        first, then -1; every row keeps at least one). Returns [B, num_classes or D].
+
+        Rows of one length (patch dropout) run as a plain batch. Rows of different lengths
+        (ink tokens) are packed: every GEMM, LayerNorm and MLP runs on the kept tokens only,
+        end to end, and only attention sees them padded to the longest row (clippo.model.tokens
+        .Packing), so a batch costs its tokens, not its longest row times its rows."""
+        from clippo.model.tokens import Packing
         lengths = (patch_index >= 0).sum(1)
         x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias,
                                 self.pos_embedding, patch_index=patch_index)
         if bool((lengths == patch_index.shape[1]).all()):
-            lengths = None  # rows of one length (patch dropout): no padding, no mask
-        x = self._pool(self.Transformer(x, lengths=lengths), lengths)
+            x = self._pool(self.Transformer(x))
+        else:
+            packing = Packing(lengths, patch_index.shape[1])
+            x = self._pool(self.Transformer(packing.pack(x), packing=packing), packing)
         return self.head(x) if self.head is not None else x
 
     def _forward_kept(self, x, keep):
