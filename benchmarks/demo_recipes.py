@@ -93,11 +93,12 @@ def spread(values):
 
 def seeds(out, seed_list, tokens_list, workers, steps=None):
     rows, summary = [], {}
-    for tokens in tokens_list:
-        for seed in seed_list:
+    for seed in seed_list:  # seed by seed: an interrupted sweep has both settings so far
+        for tokens in tokens_list:
             report = run_once(out / f"{tokens}-seed{seed}", {"seed": seed}, tokens, workers,
                               steps)
             rows.append(row(f"{tokens} seed {seed}", report, text_tokens=tokens, seed=seed))
+    for tokens in tokens_list:
         mine = [r for r in rows if r["text_tokens"] == tokens]
         summary[tokens] = {k: spread([r[k] for r in mine])
                            for k in REPORTED_KEYS + SELECTION_KEYS + ("train_seconds",)}
