@@ -19,7 +19,6 @@ torchrun restarts the group, which continues from the last checkpoint. Then:
 CPU, gloo, a tiny model. Select with `pytest -m rehearsal`.
 """
 import io
-import json
 import os
 import shutil
 import signal
@@ -36,6 +35,7 @@ import torch.distributed as dist
 
 from _procs import finish
 from clippo.train import checkpoint as ck
+from _run_metrics import metrics as _metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
@@ -47,7 +47,6 @@ NAMES = {"en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 LANGS = list(NAMES)
 SHARDS, PER_SHARD = 4, 18  # 72 samples: one epoch is 6 steps of 12 image-text samples
 STEPS = 6  # one epoch
-TIMING = {"samples_per_s", "data_time", "step_time"}
 TINY = ["--model", "Ti/16", "--width", "32", "--depth", "1", "--heads", "2", "--mlp-dim", "64",
         "--image-size", "32", "--patch-size", "16", "--out-dim", "16", "--lr", "1e-3",
         "--warmup", "2", "--steps", str(STEPS), "--save-every", "2", "--log-every", "1",
@@ -138,11 +137,6 @@ def _finish(proc, timeout=150):
     assert code is not None, f"timed out:\n{out[-3000:]}"
     assert code == 0, out[-4000:]
     return out
-
-
-def _metrics(out):
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING}
-            for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def _weights(out):

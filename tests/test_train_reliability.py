@@ -21,6 +21,7 @@ from PIL import Image
 
 from clippo.train import checkpoint as ck
 from clippo.train import main, parse_args, run
+from _run_metrics import metrics as _metrics
 
 train_main = importlib.import_module("clippo.train.main")  # the module, not main()
 params = importlib.import_module("clippo.train.params")
@@ -30,7 +31,6 @@ TINY = ["--model", "Ti/16", "--width", "32", "--depth", "1", "--heads", "2", "--
         "--image-size", "32", "--patch-size", "16", "--batch-size", "8", "--no-progress",
         "--seed", "3"]
 BUILTIN = ["--train-data", "builtin", "--train-num-samples", "64"]
-TIMING = {"samples_per_s", "data_time", "step_time"}
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 
@@ -38,11 +38,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def _metrics(out):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def _env():

@@ -3,7 +3,6 @@ uninterrupted run exactly; a full disk keeps the last good checkpoint; the final
 with CLIPPO.from_pretrained; bad set-ups fail before training with a clear message."""
 import errno
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -16,12 +15,12 @@ import torch
 
 from clippo.train import checkpoint as ck
 from clippo.train import main, parse_args, run
+from _run_metrics import metrics as _metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-data", "builtin", "--train-num-samples", "96", "--model", "mu/8",
         "--image-size", "32", "--out-dim", "16", "--batch-size", "8", "--log-every", "1",
         "--no-progress", "--seed", "3", "--lr", "1e-3"]
-TIMING = {"samples_per_s", "data_time", "step_time"}
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 
@@ -42,11 +41,6 @@ def _env():
 
 def _train_cmd(out, *extra):
     return [sys.executable, "-m", "clippo.train", *TINY, "--output", str(out), *extra]
-
-
-def _metrics(out):
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
 def test_kill_9_then_resume_latest_matches_uninterrupted_run(tmp_path):

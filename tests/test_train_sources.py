@@ -2,7 +2,6 @@
 with their line), WebDataset shards, and text pairs mixed into the batch, which also resume
 exactly."""
 import io
-import json
 import tarfile
 
 import numpy as np
@@ -13,22 +12,17 @@ from PIL import Image
 from clippo.train import checkpoint as ck
 from clippo.train.data import GlobalBatchSampler
 from clippo.train import main, parse_args, run
+from _run_metrics import metrics as _metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 
 TINY = ["--model", "mu/8", "--image-size", "32", "--out-dim", "16", "--batch-size", "8",
         "--log-every", "1", "--no-progress", "--workers", "0"]
-TIMING = {"samples_per_s", "data_time", "step_time"}
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def _metrics(out):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _png(color, size=40):
