@@ -104,3 +104,17 @@ def test_fewshot_no_training_image(model_dir, tmp_path, capsys):
                     str(tmp_path / "r.json")], capsys)
     _one_line_error(rc, err, tmp_path / "test" / "x.csv", tmp_path / "train")
     assert "no training image could be decoded" in err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--markdown"])
+def test_output_that_is_a_directory_is_refused_before_evaluating(model_dir, tmp_path, capsys,
+                                                                 monkeypatch, flag):
+    """Today: every task evaluated, then `Is a directory` when the JSON is written."""
+    import clippo.eval.main as M
+    monkeypatch.setattr(M, "run_all", lambda args: pytest.fail("evaluated before the check"))
+    argv = ["all", "--model", str(model_dir), "--data", "builtin"]
+    if flag == "--markdown":
+        argv += ["--out", str(tmp_path / "all.json")]
+    rc, err = _run(argv + [flag, str(tmp_path)], capsys)
+    assert rc == 1 and "is a directory; give a file path" in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -562,8 +562,18 @@ def run_all(args):
     return results
 
 
+def _check_outputs(args):
+    """The files the run will write must be writable as files: found out before evaluating,
+    not after."""
+    for flag, path in (("--output", args.out), ("--markdown", getattr(args, "markdown", None))):
+        if path and Path(path).is_dir():
+            raise ValueError(f"{flag} {path} is a directory; give a file path "
+                             f"(e.g. {Path(path) / (args.task + ('.md' if flag == '--markdown' else '.json'))})")
+
+
 def run(args):
     """Run the task of parsed arguments; returns its JSON-ready result."""
+    _check_outputs(args)
     if args.task == "all":
         return run_all(args)
     res = run_task(args.task, args)
