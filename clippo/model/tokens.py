@@ -63,8 +63,9 @@ class Packing:
 
     lengths: int [B] (each in 1..L); padded_length: L. A padded batch [B, L, ...] whose row b
     holds lengths[b] tokens, then padding, packs to [T, ...], T = sum(lengths), rows in
-    order; `unpack` is the way back, zeros in the padding. Both are index copies, so gradients
-    flow through them (each other's backward).
+    order; `unpack` is the way back, zeros in the padding. Both are index_select gathers, so
+    gradients flow through them. Building one reads T back to the host (nonzero): on CUDA one
+    synchronisation per batch, as `keep_index` already has.
     """
 
     def __init__(self, lengths, padded_length):
