@@ -12,7 +12,9 @@ Providers, all in one run on the same inputs:
   clippo/torch       the same model with CLIPPO_KERNELS=torch (conv2d + SDPA), eager
   timm-style/compile an equivalent ViT built from torch ops (Conv2d, fused qkv Linear, SDPA,
                      LayerNorm, tanh-GELU, MAP head) under torch.compile: the baseline
-  text: render_and_encode(strings) vs encode_image(already rendered uint8)
+  text: render_and_encode(strings) vs encode_image(already rendered uint8), and
+                     render_and_encode with text_tokens "ink" (only the patches holding ink)
+                     vs "all", on captions of COCO's length distribution
 
 --profile FILE writes torch.profiler's table of the top CUDA kernels of a few forwards of
 clippo/triton (default and all fusions on) and of the compiled baseline: where the time goes,
@@ -252,6 +254,21 @@ def main(argv=None):
                          ms=t_full["p50"] * 1e3, images_per_s=batch / t_full["p50"],
                          ratio=t_pre["p50"] / t_full["p50"]),
                 ]
+                # the same model with text_tokens "all" and "ink", COCO-length captions: the
+                # ratio is ink's speed-up (target on a GPU: >= 3x); per 1M captions, the time
+                from train import coco_caption  # (train.py imports this module: load late)
+                coco = [coco_caption(i) for i in range(batch)]
+                for tokens in ("all", "ink"):
+                    model.text_tokens = tokens
+                    t = measure(lambda: clippo.render_and_encode(model, coco), device=device,
+                                warmup=2, reps=reps)
+                    text_rows.append(dict(
+                        provider=f"render_and_encode, COCO captions, text_tokens {tokens}",
+                        batch=batch, ms=t["p50"] * 1e3, images_per_s=batch / t["p50"],
+                        seconds_per_1M=1e6 * t["p50"] / batch,
+                        ratio=(text_rows[-1]["ms"] / (t["p50"] * 1e3)) if tokens == "ink"
+                        else 1.0))
+                model.text_tokens = "all"
             else:
                 with kernels.use_backend(backend), kernels.use_fusions(fusions):
                     try:
@@ -279,7 +296,7 @@ def main(argv=None):
     title = f"{variant} forward, {str(dtype).replace('torch.', '')}, {device} ({gpu or 'CPU'})"
     print_table(rows, ["provider", "batch", "ms", "images_per_s", "tflops", "mfu", "vs_baseline"],
                 title=title + f", {flops / 1e9:.1f} GFLOP/image")
-    print_table(text_rows, ["provider", "batch", "ms", "images_per_s", "ratio"],
+    print_table(text_rows, ["provider", "batch", "ms", "images_per_s", "seconds_per_1M", "ratio"],
                 title="text: render_and_encode vs encoding already-rendered images")
     write_json("encode", rows + text_rows, out_dir=args.out,
                extra=dict(extra, complete=not skipped, skipped=skipped))

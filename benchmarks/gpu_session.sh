@@ -11,7 +11,9 @@
 # a machine without a package index.
 #
 # Writes to $OUT (default benchmarks/out/gpu-session, ignored by git): log.txt (the whole
-# run), gpu-tests.xml (JUnit), encode.json, profile.txt, render.json and kernels.json. To keep
+# run), gpu-tests.xml (JUnit), encode.json (with render_and_encode, text tokens all vs ink),
+# profile.txt, train.json (the training step, text tokens all vs ink), render.json and
+# kernels.json. To keep
 # the numbers, copy the JSON to benchmarks/results/<gpu>-<date>/.
 #
 # Time: the script keeps inside BUDGET seconds (default 560). Steps run most important first;
@@ -53,9 +55,13 @@ CLIPPO_AUTOTUNE=0 timeout "$(left 330 140)" python3 -m pytest -q -p no:cacheprov
   || echo "GPU TESTS FAILED OR CUT SHORT (rc=$?)"
 
 step "benchmark: encode (B/16 bf16, batch 1024; MFU, vs torch.compile, render_and_encode)"
-T=$(left 150 230)
+T=$(left 200 230)
 timeout "$T" python3 benchmarks/encode.py --budget $((T > 80 ? T - 50 : 30)) --out "$OUT" --profile "$OUT/profile.txt" \
   || echo "encode benchmark failed or cut short (rc=$?)"
+
+step "benchmark: training step, text tokens all vs ink (B/16 bf16, batch 1024)"
+timeout "$(left 90 110)" python3 benchmarks/train.py --text-tokens all,ink --steps 5 --out "$OUT" \
+  || echo "train text-tokens benchmark failed or cut short (rc=$?)"
 
 step "benchmark: render (CPU threads and CUDA, captions and paragraphs)"
 timeout "$(left 90 60)" python3 benchmarks/render.py --out "$OUT" \
