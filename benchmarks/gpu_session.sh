@@ -13,8 +13,7 @@
 # Writes to $OUT (default benchmarks/out/gpu-session, ignored by git): log.txt (the whole
 # run), gpu-tests.xml (JUnit), encode.json (with render_and_encode, text tokens all vs ink),
 # profile.txt, train.json (the training step, text tokens all vs ink), render.json and
-# kernels.json. To keep
-# the numbers, copy the JSON to benchmarks/results/<gpu>-<date>/.
+# kernels.json. To keep the numbers, copy the JSON to benchmarks/results/<gpu>-<date>/.
 #
 # Time: the script keeps inside BUDGET seconds (default 560). Steps run most important first;
 # each gets what is left minus a reserve for the steps after it, so a slow step shortens the
