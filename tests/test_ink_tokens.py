@@ -104,6 +104,41 @@ def test_ragged_batch_gemms_see_only_the_kept_tokens(monkeypatch):
     assert rows[3 * depth:] == [4] * 3
 
 
+def test_photos_and_texts_run_every_dense_layer_once_on_all_their_tokens(monkeypatch):
+    """Photos (every patch) and texts (ink patches) in one batch, as the training step encodes
+    them: each Dense layer runs once on rows x N + sum(lengths) tokens, not once per group."""
+    from clippo import kernels
+    model = _model()
+    texts = model.renderer("cpu")(TEXTS[:4])
+    keep_t = pixel_ink(texts, 16, model.render_config.background_brightness)
+    photos = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    keep = torch.cat([torch.ones(3, 16, dtype=torch.bool), keep_t])
+    rows = []
+    linear = kernels.linear
+    monkeypatch.setattr(kernels, "linear", lambda x, *a, **k: rows.append(
+        x.reshape(-1, x.shape[-1]).shape[0]) or linear(x, *a, **k))
+    with torch.no_grad():
+        got = model.img(torch.cat([photos, texts]), keep=keep)
+    depth = model.img.Transformer.depth
+    tokens = 3 * 16 + int(keep_t.sum(1).clamp(min=1).sum())
+    assert rows == [tokens] * (3 * depth) + [7] * 3
+    with torch.no_grad():  # and the result is each group's own
+        torch.testing.assert_close(got[:3], model.img(photos), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[3:], model.img(texts, keep=keep_t), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_token_groups_split_and_join_by_hand():
+    from clippo.model.tokens import TokenGroups
+    groups = TokenGroups(2, 3, Packing(torch.tensor([1, 2]), 2))
+    t = torch.arange(9.0)[:, None]  # dense rows [0 1 2], [3 4 5]; packed [6], [7 8]
+    (dense, none), (packed, lengths) = groups.split(t)
+    assert none is None and dense[..., 0].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert packed[..., 0].tolist() == [[6, 0], [7, 8]] and lengths.tolist() == [1, 2]
+    assert groups.split(t, zeros=False)[1][0][0, 1, 0] in (6, 7, 8)  # a kept token, not 0
+    assert torch.equal(groups.join([dense, packed]), t) and groups.batch == 4
+
+
 @pytest.mark.parametrize("pool_type", ["gap", "0"])
 def test_ragged_batch_pools_gap_and_first_token_over_kept_tokens(pool_type):
     from clippo.model.vit import ViT
@@ -132,11 +167,17 @@ def _reference_kept(vit, image, kept):
     return vit.head(vit.MAPHead_0(vit.Transformer(x)))
 
 
-def test_ragged_batch_equals_each_image_alone_float64():
+# rows that keep every patch mixed in: after texts (rows reordered back), or first (the
+# training step's layout: photos, then texts)
+WHOLE_ROWS = {"whole-row-inside": [3], "whole-rows-first": [0, 1]}
+
+
+@pytest.mark.parametrize("whole_rows", WHOLE_ROWS.values(), ids=WHOLE_ROWS.keys())
+def test_ragged_batch_equals_each_image_alone_float64(whole_rows):
     model = _model(dtype=torch.float64)
     images = model.renderer("cpu")(TEXTS)
     keep = pixel_ink(images, 16, model.render_config.background_brightness)
-    keep[3] = True  # one row keeps everything: the plain path, mixed in the same batch
+    keep[whole_rows] = True
     got = model.img(images, keep=keep)
     for b in range(len(TEXTS)):
         kept = keep[b].nonzero()[:, 0] if keep[b].any() else torch.tensor([0])
@@ -144,11 +185,13 @@ def test_ragged_batch_equals_each_image_alone_float64():
         torch.testing.assert_close(got[b], want, rtol=1e-10, atol=1e-10)
 
 
-def test_padded_rows_give_finite_gradients_equal_to_unpadded_ones():
+@pytest.mark.parametrize("whole_rows", [[], [0]], ids=["as-rendered", "whole-row-first"])
+def test_padded_rows_give_finite_gradients_equal_to_unpadded_ones(whole_rows):
     model = _model(dtype=torch.float64).train()
     images = model.renderer("cpu")(TEXTS).double() / 127.5 - 1
     images.requires_grad_()
     keep = pixel_ink(images.detach(), 16, model.render_config.background_brightness)
+    keep[whole_rows] = True
     weights = torch.randn(len(TEXTS), 16, dtype=torch.float64,
                           generator=torch.Generator().manual_seed(3))
     (model.img(images, keep=keep) * weights).sum().backward()
@@ -168,6 +211,8 @@ def test_padded_rows_give_finite_gradients_equal_to_unpadded_ones():
     torch.testing.assert_close(got_images, images.grad, rtol=1e-9, atol=1e-10)
     # patches that were dropped get no gradient at all
     assert not got_images[1][:, :, 16:].any()
+    if whole_rows:
+        assert got_images[0][:, 48:].abs().sum() > 0  # a whole row: its blank patches too
 
 
 def test_empty_string_is_one_background_token_at_patch_0():

@@ -79,6 +79,16 @@ def test_ink_tokens_packed_through_kernels(launchers_as_ops):
             got = model.encode_text(texts)
     assert launchers_as_ops["linear"] == 3 * 2 + 3 and launchers_as_ops["attention"] == 3
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # photos (every patch) and texts (ink) in one stream, as the training step encodes them
+    rendered, ink = model.render_texts(texts, DEVICE)
+    photos = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8).to(DEVICE)
+    keep = torch.cat([torch.ones(2, ink.shape[1], dtype=torch.bool, device=DEVICE), ink])
+    with torch.no_grad():
+        with K.use_backend("torch"):
+            want = model.img(torch.cat([photos, rendered]), keep=keep)
+        with K.use_backend("triton"):
+            got = model.img(torch.cat([photos, rendered]), keep=keep)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @needs_triton

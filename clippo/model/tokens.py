@@ -15,7 +15,9 @@ clippo.kernels.patch_embed embeds the indexed patches straight from the (uint8) 
 tokens are then packed (`Packing`): the T = sum(lengths) kept tokens end to end, [T, D], so
 that the GEMMs, LayerNorms and MLPs, most of a step, cost the kept tokens only; attention
 alone sees them padded to [B, L] with the padded keys masked, and the MAP head pools over the
-kept tokens only. An image with nothing kept (the empty string renders no ink) keeps one
+kept tokens only. Rows that keep every patch (photos) join the packed rows (texts) in one
+token stream (`TokenGroups`): each GEMM runs once on all the batch's tokens, and attention
+on each group apart. An image with nothing kept (the empty string renders no ink) keeps one
 token, patch 0 (the top-left patch, which for a text holds only background): its embedding is
 that of a blank page, not undefined.
 """
@@ -92,13 +94,48 @@ class Packing:
         return x.reshape(self.batch * self.padded_length, *x.shape[2:]).index_select(
             0, self.index)
 
-    def unpack(self, t):
-        """[T, ...] -> [B, L, ...], zeros past each row's length."""
+    def unpack(self, t, zeros=True):
+        """[T, ...] -> [B, L, ...], zeros past each row's length; zeros=False: the padding
+        repeats some kept token instead (one copy less; for attention, which masks it and
+        gives it no gradient)."""
         if t.shape[0] != self.tokens:
             raise ValueError(f"unpack: expected {self.tokens} packed tokens, got {t.shape[0]}")
-        t = torch.cat([t, t.new_zeros(1, *t.shape[1:])])
-        return t.index_select(0, self.source).view(self.batch, self.padded_length,
-                                                   *t.shape[1:])
+        if zeros:
+            t = torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+            source = self.source
+        else:
+            source = self.source.clamp(max=self.tokens - 1)
+        return t.index_select(0, source).view(self.batch, self.padded_length, *t.shape[1:])
+
+
+    def split(self, t, zeros=True):
+        """[T, ...] -> [([B, L, ...] padded, lengths)]: the groups attention runs on."""
+        return [(self.unpack(t, zeros), self.lengths)]
+
+    def join(self, parts):
+        """The inverse of split: [[B, L, ...]] -> [T, ...]."""
+        return self.pack(parts[0])
+
+
+class TokenGroups:
+    """Rows that keep every patch (photos) and rows packed by `Packing` (texts) as one token
+    stream: [R * N + T, ...], the R dense rows' tokens first. Every per-token layer (GEMMs,
+    LayerNorms, MLPs) runs on the stream once; attention runs on each group as its own batch
+    (`split`, `join`): the dense rows unpadded and unmasked, the packed ones padded to their
+    longest. Row order: the dense rows, then the packed ones."""
+
+    def __init__(self, dense_rows, dense_length, packing):
+        self.dense_rows, self.dense_length, self.packing = dense_rows, dense_length, packing
+        self.dense_tokens = dense_rows * dense_length
+        self.batch = dense_rows + packing.batch
+
+    def split(self, t, zeros=True):
+        dense = t[:self.dense_tokens].view(self.dense_rows, self.dense_length, *t.shape[1:])
+        return [(dense, None)] + self.packing.split(t[self.dense_tokens:], zeros)
+
+    def join(self, parts):
+        dense = parts[0].reshape(self.dense_tokens, *parts[0].shape[2:])
+        return torch.cat([dense, self.packing.join(parts[1:])])
 
 
 def random_keep(rows, num_patches, fraction_dropped, device=None):

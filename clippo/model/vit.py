@@ -127,36 +127,49 @@ class MultiHeadDotProductAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _project(self, x, layers, packing=None):
-        """x through several Dense layers as one GEMM (weights concatenated, a small copy);
-        returns per-layer views of the output, split into heads. With `packing` x is packed
-        tokens [T, D]: the GEMM runs on them, its output is padded to [B, L, ...] after."""
+    def _project(self, x, layers):
+        """x through several Dense layers as one GEMM (weights concatenated, a small copy)."""
         if len(layers) == 1:
-            y = layers[0](x)
-        else:
-            w = torch.cat([layer.weight for layer in layers])
-            b = torch.cat([layer.bias for layer in layers])
-            y = F.linear(x, w, b)
-        if packing is not None:
-            y = packing.unpack(y)
-        return [self._heads(part) for part in y.split(layers[0].weight.shape[0], dim=-1)]
+            return layers[0](x)
+        w = torch.cat([layer.weight for layer in layers])
+        b = torch.cat([layer.bias for layer in layers])
+        return F.linear(x, w, b)
+
+    def _attend(self, q, k, v, lengths=None):
+        """[B, Lq, D], [B, L, D] x 2 -> [B, Lq, D], heads split and merged around the kernel."""
+        y = kernels.attention(self._heads(q), self._heads(k), self._heads(v),
+                              scale=1.0 / math.sqrt(self.head_dim), lengths=lengths)
+        b, _, n, _ = y.shape
+        return y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
 
     def forward(self, inputs_q, inputs_kv, residual=None, packing=None):
-        """packing: None, or a clippo.model.tokens.Packing: inputs_kv (and inputs_q, when it
-        is inputs_kv) are packed tokens [T, D] of sequences of different lengths; the
-        projections run on the T tokens only, attention on them padded, keys past each
-        sequence's length masked out."""
-        if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
-            q, k, v = self._project(inputs_q, (self.query, self.key, self.value), packing)
-        else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
-            (q,) = self._project(inputs_q, (self.query,))
-            k, v = self._project(inputs_kv, (self.key, self.value), packing)
-        y = kernels.attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim),
-                              lengths=None if packing is None else packing.lengths)
-        b, _, n, _ = y.shape
-        y = y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        if packing is not None and inputs_q is inputs_kv:
-            y = packing.pack(y)  # back to the T tokens: the out GEMM skips the padding
+        """packing: None, or a clippo.model.tokens.Packing or TokenGroups: inputs_kv (and
+        inputs_q, when it is inputs_kv) are a token stream [M, D] of sequences of different
+        lengths; the projections run on the M tokens, attention on each group of sequences
+        (`packing.split`), padded to its longest, keys past each sequence's length masked."""
+        width = self.num_heads * self.head_dim
+        if packing is None:
+            if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
+                q, k, v = self._project(inputs_q, (self.query, self.key, self.value)).split(
+                    width, dim=-1)
+            else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
+                q = self._project(inputs_q, (self.query,))
+                k, v = self._project(inputs_kv, (self.key, self.value)).split(width, dim=-1)
+            return _dense(self.out, self._attend(q, k, v), residual=residual)
+        if inputs_q is inputs_kv:
+            groups = packing.split(self._project(inputs_q, (self.query, self.key, self.value)),
+                                   zeros=False)  # padded keys are masked: any value will do
+            y = packing.join([self._attend(*g.split(width, dim=-1), lengths=lengths)
+                              for g, lengths in groups])
+        else:  # the MAP head: one probe query per row, rows in the groups' order
+            q = self._project(inputs_q, (self.query,))
+            groups = packing.split(self._project(inputs_kv, (self.key, self.value)), zeros=False)
+            ys, row = [], 0
+            for g, lengths in groups:
+                k, v = g.split(width, dim=-1)
+                ys.append(self._attend(q[row:row + g.shape[0]], k, v, lengths=lengths))
+                row += g.shape[0]
+            y = torch.cat(ys)
         return _dense(self.out, y, residual=residual)
 
     def init_weights(self):
@@ -248,9 +261,9 @@ class ViT(nn.Module):
     Images whose patch grid has as many cells as the position table are accepted.
 
     forward(x, keep=mask) encodes each image from the patches its bool [B, N] mask keeps
-    (raster order; see clippo.model.tokens): rows that keep every patch take the plain path,
-    the others are packed (`forward_tokens`): the layers run on their kept tokens only,
-    attention and pooling masked past each row's length.
+    (raster order; see clippo.model.tokens): the others' kept tokens are packed end to end,
+    joined by the rows that keep every patch, and every per-token layer runs once on that
+    stream; attention and pooling run per group, masked past each row's length.
     """
 
     def __init__(self, variant=None, *, width=None, depth=None, mlp_dim=None, num_heads=None,
@@ -359,15 +372,16 @@ class ViT(nn.Module):
         return (x, out) if return_intermediates else x
 
     def _pool(self, x, packing=None):
-        """[B, L, D] -> [B, D]; packed tokens [T, D] with `packing`: over each sequence's own."""
+        """[B, L, D] -> [B, D]; a token stream [M, D] with `packing`: each sequence over its
+        own tokens, rows in the packing's order."""
         if self.pool_type == "map":
             return self.MAPHead_0(x, packing)
-        if packing is not None:
-            x = packing.unpack(x)  # zeros past each length
+        if packing is not None:  # each group padded (zeros past each length), pooled, joined
+            return torch.cat([self._pool(g) if lengths is None or self.pool_type != "gap"
+                              else g.sum(1) / lengths[:, None].to(g.dtype)
+                              for g, lengths in packing.split(x)])
         if self.pool_type == "gap":
-            if packing is None:
-                return x.mean(dim=1)
-            return x.sum(1) / packing.lengths[:, None].to(x.dtype)
+            return x.mean(dim=1)
         return x[:, 0]  # "0": the first kept token
 
     def forward_tokens(self, x, patch_index):
@@ -400,9 +414,20 @@ class ViT(nn.Module):
             return self(x)
         if not bool(whole.any()):
             return self.forward_tokens(x, keep_index(keep)[0])
-        # rows that keep everything (photos) take the plain path, the others are padded to
-        # the longest of them only, then the outputs go back to the rows' order
+        # rows that keep everything (photos) and the others (texts, packed) in one token
+        # stream: every per-token layer runs once on both, attention on each group apart
+        from clippo.model.tokens import Packing, TokenGroups
         rows_whole, rows_part = whole.nonzero()[:, 0], (~whole).nonzero()[:, 0]
-        z = torch.cat([self(x[rows_whole]),
-                       self.forward_tokens(x[rows_part], keep_index(keep[rows_part])[0])])
-        return z[torch.cat([rows_whole, rows_part]).argsort()]
+        n = len(rows_whole)
+        in_order = bool(whole[:n].all())  # the training step's layout: photos, then texts
+        patch_index = keep_index(keep[n:] if in_order else keep[rows_part])[0]
+        packing = Packing((patch_index >= 0).sum(1), patch_index.shape[1])
+        groups = TokenGroups(n, self.num_patches, packing)
+        emb = (self.embedding.weight, self.embedding.bias, self.pos_embedding)
+        dense = kernels.patch_embed(x[:n] if in_order else x[rows_whole], *emb)
+        packed = kernels.patch_embed(x[n:] if in_order else x[rows_part], *emb,
+                                     patch_index=patch_index)
+        tokens = torch.cat([dense.reshape(-1, dense.shape[-1]), packing.pack(packed)])
+        z = self._pool(self.Transformer(tokens, packing=groups), groups)
+        z = self.head(z) if self.head is not None else z
+        return z if in_order else z[torch.cat([rows_whole, rows_part]).argsort()]
