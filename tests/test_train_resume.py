@@ -25,14 +25,6 @@ TINY = ["--train-data", "builtin", "--train-num-samples", "96", "--model", "mu/8
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("WORLD_SIZE", None)
