@@ -148,28 +148,21 @@ class MultiHeadDotProductAttention(nn.Module):
         lengths; the projections run on the M tokens, attention on each group of sequences
         (`packing.split`), padded to its longest, keys past each sequence's length masked."""
         width = self.num_heads * self.head_dim
-        if packing is None:
-            if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
-                q, k, v = self._project(inputs_q, (self.query, self.key, self.value)).split(
-                    width, dim=-1)
-            else:  # the MAP head: the probe's query, then k and v of the tokens from one GEMM
-                q = self._project(inputs_q, (self.query,))
-                k, v = self._project(inputs_kv, (self.key, self.value)).split(width, dim=-1)
-            return _dense(self.out, self._attend(q, k, v), residual=residual)
-        if inputs_q is inputs_kv:
-            groups = packing.split(self._project(inputs_q, (self.query, self.key, self.value)),
-                                   zeros=False)  # padded keys are masked: any value will do
-            y = packing.join([self._attend(*g.split(width, dim=-1), lengths=lengths)
-                              for g, lengths in groups])
-        else:  # the MAP head: one probe query per row, rows in the groups' order
+        split = packing.split if packing is not None else (lambda t, zeros: [(t, None)])
+        if inputs_q is inputs_kv:  # self-attention: q, k and v from one GEMM
+            qkv = self._project(inputs_q, (self.query, self.key, self.value))
+            ys = [self._attend(*g.split(width, dim=-1), lengths=lengths)
+                  for g, lengths in split(qkv, zeros=False)]  # padded keys are masked
+            y = packing.join(ys) if packing is not None else ys[0]
+        else:  # the MAP head: the probe's query (a row each), k and v from one GEMM
             q = self._project(inputs_q, (self.query,))
-            groups = packing.split(self._project(inputs_kv, (self.key, self.value)), zeros=False)
             ys, row = [], 0
-            for g, lengths in groups:
+            for g, lengths in split(self._project(inputs_kv, (self.key, self.value)),
+                                    zeros=False):
                 k, v = g.split(width, dim=-1)
                 ys.append(self._attend(q[row:row + g.shape[0]], k, v, lengths=lengths))
                 row += g.shape[0]
-            y = torch.cat(ys)
+            y = torch.cat(ys) if len(ys) > 1 else ys[0]
         return _dense(self.out, y, residual=residual)
 
     def init_weights(self):
@@ -389,18 +382,33 @@ class ViT(nn.Module):
         first, then -1; every row keeps at least one). Returns [B, num_classes or D].
 
         Rows of one length (patch dropout) run as a plain batch. Rows of different lengths
-        (ink tokens) are packed: every GEMM, LayerNorm and MLP runs on the kept tokens only,
-        end to end, and only attention sees them padded to the longest row (clippo.model.tokens
-        .Packing), so a batch costs its tokens, not its longest row times its rows."""
-        from clippo.model.tokens import Packing
+        (ink tokens) are packed (`_encode_stream`), so a batch costs its tokens, not its
+        longest row times its rows."""
         lengths = (patch_index >= 0).sum(1)
-        x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias,
-                                self.pos_embedding, patch_index=patch_index)
         if bool((lengths == patch_index.shape[1]).all()):
+            x = kernels.patch_embed(x, self.embedding.weight, self.embedding.bias,
+                                    self.pos_embedding, patch_index=patch_index)
             x = self._pool(self.Transformer(x))
+            return self.head(x) if self.head is not None else x
+        return self._encode_stream(x[:0], x, patch_index)
+
+    def _encode_stream(self, whole, part, patch_index):
+        """Rows `whole` (every patch) and rows `part` (the patches of patch_index) as one token
+        stream (clippo.model.tokens.TokenGroups): every per-token layer runs once on all their
+        tokens and no padding, attention and pooling on each group apart. Returns the rows of
+        `whole`, then those of `part`."""
+        from clippo.model.tokens import Packing, TokenGroups
+        packing = Packing((patch_index >= 0).sum(1), patch_index.shape[1])
+        emb = (self.embedding.weight, self.embedding.bias, self.pos_embedding)
+        parts = [packing.pack(kernels.patch_embed(part, *emb, patch_index=patch_index))]
+        if whole.shape[0]:
+            stream = TokenGroups(whole.shape[0], self.num_patches, packing)
+            dense = kernels.patch_embed(whole, *emb)
+            parts.insert(0, dense.reshape(-1, dense.shape[-1]))
         else:
-            packing = Packing(lengths, patch_index.shape[1])
-            x = self._pool(self.Transformer(packing.pack(x), packing=packing), packing)
+            stream = packing
+        x = self._pool(self.Transformer(torch.cat(parts) if len(parts) > 1 else parts[0],
+                                        packing=stream), stream)
         return self.head(x) if self.head is not None else x
 
     def _forward_kept(self, x, keep):
@@ -414,20 +422,7 @@ class ViT(nn.Module):
             return self(x)
         if not bool(whole.any()):
             return self.forward_tokens(x, keep_index(keep)[0])
-        # rows that keep everything (photos) and the others (texts, packed) in one token
-        # stream: every per-token layer runs once on both, attention on each group apart
-        from clippo.model.tokens import Packing, TokenGroups
+        # rows that keep everything (photos) and the others (texts) in one token stream
         rows_whole, rows_part = whole.nonzero()[:, 0], (~whole).nonzero()[:, 0]
-        n = len(rows_whole)
-        in_order = bool(whole[:n].all())  # the training step's layout: photos, then texts
-        patch_index = keep_index(keep[n:] if in_order else keep[rows_part])[0]
-        packing = Packing((patch_index >= 0).sum(1), patch_index.shape[1])
-        groups = TokenGroups(n, self.num_patches, packing)
-        emb = (self.embedding.weight, self.embedding.bias, self.pos_embedding)
-        dense = kernels.patch_embed(x[:n] if in_order else x[rows_whole], *emb)
-        packed = kernels.patch_embed(x[n:] if in_order else x[rows_part], *emb,
-                                     patch_index=patch_index)
-        tokens = torch.cat([dense.reshape(-1, dense.shape[-1]), packing.pack(packed)])
-        z = self._pool(self.Transformer(tokens, packing=groups), groups)
-        z = self.head(z) if self.head is not None else z
-        return z if in_order else z[torch.cat([rows_whole, rows_part]).argsort()]
+        z = self._encode_stream(x[rows_whole], x[rows_part], keep_index(keep[rows_part])[0])
+        return z[torch.cat([rows_whole, rows_part]).argsort()]
