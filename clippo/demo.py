@@ -225,7 +225,8 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu", overrides=None
 
     print("[3/4] writing figures", flush=True)
     curves = [(name, st["metrics"]) for name, st in stages]
-    figures = [_caption_figure(model, out), _curve_figure(curves, recipe(overrides)["batch_size"], out),
+    used = recipe(overrides)
+    figures = [_caption_figure(model, out), _curve_figure(curves, used["batch_size"], out),
                _retrieval_figure(model, galleries[0], out, pairs["metrics"])]
 
     report = {
@@ -282,7 +283,7 @@ def evaluate_and_report(out, stages, train_seconds, device="cpu", overrides=None
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "recipe": dict(recipe(overrides), steps=total_steps,
+        "recipe": dict(used, steps=total_steps,
                        stages=[dict(name=n, share=f, **flags) for n, f, flags in STAGES]),
         "model_dir": str(summary["model_dir"]),
         "figures": [str(f) for f in figures],

@@ -565,10 +565,11 @@ def run_all(args):
 def _check_outputs(args):
     """The files the run will write must be writable as files: found out before evaluating,
     not after."""
-    for flag, path in (("--output", args.out), ("--markdown", getattr(args, "markdown", None))):
+    for flag, path, suffix in (("--output", args.out, ".json"),
+                               ("--markdown", getattr(args, "markdown", None), ".md")):
         if path and Path(path).is_dir():
             raise ValueError(f"{flag} {path} is a directory; give a file path "
-                             f"(e.g. {Path(path) / (args.task + ('.md' if flag == '--markdown' else '.json'))})")
+                             f"(e.g. {Path(path) / (args.task + suffix)})")
 
 
 def run(args):
