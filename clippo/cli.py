@@ -140,7 +140,8 @@ def main(argv=None):
 
     p = sub.add_parser("demo", help="train a small CLIPPO on built-in data and evaluate it")
     p.add_argument("--output", "--out", dest="out", default="clippo-demo",
-                   help="folder for the report, PNGs, model")
+                   help="folder for the report, PNGs, model (an earlier demo's run there is "
+                   "replaced)")
     p.add_argument("--steps", type=int, help="training steps of both stages together (default: "
                    "the demo's recipe, 1500), split between them in the recipe's proportion")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image drawing)")

@@ -17,6 +17,7 @@ shortens it for a smoke test.
 """
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -191,6 +192,9 @@ def run(out="clippo-demo", steps=None, device=None, workers=1, progress=True, te
     for k, (name, _, _) in enumerate(STAGES):
         # the last stage writes DIR/train: its model/ is the demo's model
         stage_dir = out / "train" if k == len(STAGES) - 1 else out / f"train-{name}"
+        if stage_dir.exists():  # an earlier demo's run in this folder: the demo starts over
+            print(f"      replacing the earlier run in {stage_dir}", flush=True)
+            shutil.rmtree(stage_dir)
         argv = recipe_argv(stage_dir, k, steps, workers, device, progress, pretrained,
                            text_tokens, overrides)
         print(f"      stage {k + 1} ({name}): clippo train {' '.join(argv)}", flush=True)

@@ -55,3 +55,15 @@ def test_cli_demo_seed_is_passed_on(monkeypatch):
     assert seen["overrides"] == {"seed": 2}
     assert cli.main(["demo", "--out", "x"]) == 0
     assert seen["overrides"] is None
+
+
+def test_demo_run_again_in_the_same_folder_starts_over(tmp_path, capsys):
+    """Today: `clippo train` refuses the first stage's folder (it holds checkpoints) and the
+    demo stops with advice about --resume, a flag the demo does not have."""
+    from clippo import cli
+    argv = ["demo", "--out", str(tmp_path), "--steps", "2", "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--seed", "1"]) == 0, capsys.readouterr().err
+    assert "replacing the earlier run" in capsys.readouterr().out
+    import json
+    assert json.loads((tmp_path / "report.json").read_text())["recipe"]["seed"] == 1
