@@ -386,3 +386,35 @@ def test_opcheck_kept_patches():
     grad = torch.randn(idx.shape[0], idx.shape[1], weight.shape[0])
     torch.library.opcheck(torch.ops.clippo.patch_embed_grad_weight.default,
                           (images, grad, 8, idx))
+
+
+@pytest.mark.parametrize("patch", [16, 14, 8, 7])
+@pytest.mark.parametrize("layout", ["contiguous", "grey", "cropped"])
+def test_gathered_patches_equal_a_loop_over_patches(patch, layout):
+    """The kept patches are gathered in machine words where the image's strides allow (the
+    renderer's stride-0 channels, patch rows of 8 bytes); whatever the layout, each row is
+    its patch's pixels in conv weight order."""
+    g = torch.Generator().manual_seed(5)
+    side = 4 * patch
+    if layout == "grey":
+        images = torch.randint(0, 256, (3, 1, side, side), generator=g,
+                               dtype=torch.uint8).expand(3, 3, side, side)
+    elif layout == "cropped":  # odd offset and row stride: no word view exists
+        images = torch.randint(0, 256, (3, 3, side + 3, side + 5), generator=g,
+                               dtype=torch.uint8)[:, :, 1:side + 1, 3:side + 3]
+    else:
+        images = torch.randint(0, 256, (3, 3, side, side), generator=g, dtype=torch.uint8)
+    wide = pe._as_words(images, patch)[1] > 1
+    assert wide == (layout != "cropped" and patch % 2 == 0)  # both ways are exercised
+    idx = make_index("shuffled", 3, 16, seed=6)
+    got, keep, _ = pe._gather_patches(images, patch, idx, torch.float32)
+    assert got.shape == (3, idx.shape[1], 3 * patch * patch)
+    for b in range(3):
+        for slot, t in enumerate(idx[b].tolist()):
+            if t < 0:
+                assert not keep[b, slot]
+                continue
+            r, c = divmod(t, 4)
+            pixels = images[b, :, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+            want = pixels.reshape(-1).float() / 255 * 2 - 1  # x / 255 * 2 - 1 in fp32
+            assert torch.equal(got[b, slot], want), (b, slot)

@@ -110,18 +110,37 @@ def _normalise(images, dtype):
     return images.to(dtype)
 
 
+def _as_words(t, run):
+    """t with runs of `run` elements along its last dim read as wider integers (a view), so
+    that a gather copies 8-byte words, not single bytes; (t, 1) where no such view exists
+    (or t needs a gradient, which a dtype view does not carry)."""
+    if t.requires_grad:
+        return t, 1
+    for word in (torch.int64, torch.int32, torch.int16):
+        n = word.itemsize // t.element_size()
+        if n > 1 and run % n == 0 and t.shape[-1] % n == 0:
+            try:
+                return t.view(word), n
+            except RuntimeError:  # strides or offset not aligned to the word
+                pass
+    return t, 1
+
+
 def _gather_patches(images, patch, patch_index, dtype):
     """The listed patches of [B, C, H, W] as rows [B, L, C*P*P] (conv weight order) in dtype,
-    read straight from the images (strided views, no full copy); padding rows are zero."""
+    read straight from the images (strided views, no full copy). A padding slot holds patch
+    0: callers mask it out."""
     b, c, h, w = images.shape
     gh, gw = h // patch, w // patch
-    grid = images[:, :, :gh * patch, :gw * patch].unflatten(3, (gw, patch)).unflatten(2, (gh, patch))
+    src, n = _as_words(images[:, :, :gh * patch, :gw * patch], patch)
+    grid = src.unflatten(3, (gw, patch // n)).unflatten(2, (gh, patch))
     keep = patch_index >= 0
     tok = patch_index.clamp(min=0).long()
     rows = torch.arange(b, device=images.device)[:, None]
-    x = grid[rows, :, tok // gw, :, tok % gw, :]          # [B, L, C, P, P]
-    x = _normalise(x, dtype).reshape(b, patch_index.shape[1], c * patch * patch)
-    return x * keep[..., None].to(dtype), keep, tok
+    x = grid[rows, :, tok // gw, :, tok % gw, :]          # [B, L, C, P, P // n]
+    if n > 1:  # (through 1-D: a gather of nothing may have any strides)
+        x = x.reshape(-1).view(images.dtype).view(*x.shape[:-1], patch)
+    return _normalise(x, dtype).reshape(b, patch_index.shape[1], c * patch * patch), keep, tok
 
 
 def patch_embed_ref(images, weight, bias=None, pos_embed=None, patch_index=None):
@@ -177,7 +196,9 @@ def patch_embed_grad_weight_ref(images, grad_out, patch, patch_index=None):
     _, c, _, _, d, _ = check_grad_weight_args(images, grad_out, patch, patch_index)
     acc = torch.promote_types(grad_out.dtype, torch.float32)
     if patch_index is not None:
-        a = _gather_patches(images, patch, patch_index, grad_out.dtype)[0].to(acc).flatten(0, 1)
+        a, keep, _ = _gather_patches(images, patch, patch_index, grad_out.dtype)
+        a = a.to(acc).flatten(0, 1)
+        grad_out = grad_out * keep[..., None].to(grad_out.dtype)  # padding adds nothing
     else:
         a = _patchify(images, patch, grad_out.dtype).to(acc)
     gw = grad_out.reshape(-1, d).to(acc).t() @ a

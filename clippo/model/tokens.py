@@ -96,16 +96,17 @@ class Packing:
 
     def unpack(self, t, zeros=True):
         """[T, ...] -> [B, L, ...], zeros past each row's length; zeros=False: the padding
-        repeats some kept token instead (one copy less; for attention, which masks it and
-        gives it no gradient)."""
+        repeats some kept token instead and its gradient is dropped (one copy less each way;
+        for attention, which masks those keys and whose padded queries' outputs are dropped)."""
         if t.shape[0] != self.tokens:
             raise ValueError(f"unpack: expected {self.tokens} packed tokens, got {t.shape[0]}")
         if zeros:
             t = torch.cat([t, t.new_zeros(1, *t.shape[1:])])
-            source = self.source
+            padded = t.index_select(0, self.source)
         else:
-            source = self.source.clamp(max=self.tokens - 1)
-        return t.index_select(0, source).view(self.batch, self.padded_length, *t.shape[1:])
+            padded = _SpreadForAttention.apply(t, self.source.clamp(max=self.tokens - 1),
+                                               self.index)
+        return padded.view(self.batch, self.padded_length, *t.shape[1:])
 
 
     def split(self, t, zeros=True):
@@ -115,6 +116,24 @@ class Packing:
     def join(self, parts):
         """The inverse of split: [[B, L, ...]] -> [T, ...]."""
         return self.pack(parts[0])
+
+
+class _SpreadForAttention(torch.autograd.Function):
+    """unpack(zeros=False): t [T, ...] -> [B * L, ...] by `source` (padding slots repeat a
+    kept token). Backward: the kept slots' gradients gathered back by `index` (each token
+    sits in one kept slot), the padding slots' dropped: attention, the only user, masks the
+    padded keys and its caller drops the padded queries' outputs, so theirs is zero anyway.
+    One gather instead of index_select's zero fill and scatter-add."""
+
+    @staticmethod
+    def forward(ctx, t, source, index):
+        ctx.save_for_backward(index)
+        return t.index_select(0, source)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
 
 
 class TokenGroups:
@@ -130,8 +149,11 @@ class TokenGroups:
         self.batch = dense_rows + packing.batch
 
     def split(self, t, zeros=True):
-        dense = t[:self.dense_tokens].view(self.dense_rows, self.dense_length, *t.shape[1:])
-        return [(dense, None)] + self.packing.split(t[self.dense_tokens:], zeros)
+        # torch.split, not two slices: its backward is one cat (two slices' would be two
+        # zero-filled copies of the whole stream's gradient, then their sum)
+        dense, packed = t.split([self.dense_tokens, t.shape[0] - self.dense_tokens])
+        dense = dense.view(self.dense_rows, self.dense_length, *t.shape[1:])
+        return [(dense, None)] + self.packing.split(packed, zeros)
 
     def join(self, parts):
         dense = parts[0].reshape(self.dense_tokens, *parts[0].shape[2:])

@@ -423,6 +423,9 @@ class ViT(nn.Module):
         if not bool(whole.any()):
             return self.forward_tokens(x, keep_index(keep)[0])
         # rows that keep everything (photos) and the others (texts) in one token stream
+        n = int(whole.sum())
+        if bool(whole[:n].all()):  # photos first, the training step's layout: views, no copy
+            return self._encode_stream(x[:n], x[n:], keep_index(keep[n:])[0])
         rows_whole, rows_part = whole.nonzero()[:, 0], (~whole).nonzero()[:, 0]
         z = self._encode_stream(x[rows_whole], x[rows_part], keep_index(keep[rows_part])[0])
         return z[torch.cat([rows_whole, rows_part]).argsort()]
