@@ -83,6 +83,19 @@ def test_packing_round_trip_by_hand_and_its_gradients():
         packing.pack(torch.zeros(3, 4, 1))
 
 
+def test_unpack_for_attention_gathers_the_kept_slots_gradients():
+    """unpack(zeros=False), attention's padded batch: the padding repeats a kept token and
+    its gradient is dropped (attention gives it none); each token gets its own slot's."""
+    packing = Packing(torch.tensor([2, 1, 3]), 3)
+    t = torch.arange(6.0).view(6, 1).requires_grad_()
+    padded = packing.unpack(t, zeros=False)
+    assert padded[..., 0].tolist()[0][:2] == [0, 1] and padded[1, 0, 0] == 2
+    assert set(padded[1, 1:, 0].tolist() + padded[0, 2:, 0].tolist()) <= set(range(6))
+    grad = torch.arange(1.0, 10.0).view(3, 3, 1)  # slots numbered 1..9, padding 3, 5, 6
+    padded.backward(grad)
+    assert t.grad[:, 0].tolist() == [1, 2, 4, 7, 8, 9]
+
+
 def test_ragged_batch_gemms_see_only_the_kept_tokens(monkeypatch):
     """The speed of ink tokens: every Dense layer of the blocks runs on sum(lengths) rows,
     not on rows x the longest length (a padded batch would pass B * L rows)."""
