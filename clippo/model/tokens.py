@@ -108,7 +108,6 @@ class Packing:
                                                self.index)
         return padded.view(self.batch, self.padded_length, *t.shape[1:])
 
-
     def split(self, t, zeros=True):
         """[T, ...] -> [([B, L, ...] padded, lengths)]: the groups attention runs on."""
         return [(self.unpack(t, zeros), self.lengths)]
