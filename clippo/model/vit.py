@@ -418,12 +418,12 @@ class ViT(nn.Module):
                              f"got {keep.dtype} {tuple(keep.shape)}")
         keep = keep.to(x.device)
         whole = keep.all(1)
-        if bool(whole.all()):
+        n = int(whole.sum())  # rows that keep every patch (one read back to the host)
+        if n == whole.shape[0]:
             return self(x)
-        if not bool(whole.any()):
+        if n == 0:
             return self.forward_tokens(x, keep_index(keep)[0])
         # rows that keep everything (photos) and the others (texts) in one token stream
-        n = int(whole.sum())
         if bool(whole[:n].all()):  # photos first, the training step's layout: views, no copy
             return self._encode_stream(x[:n], x[n:], keep_index(keep[n:])[0])
         rows_whole, rows_part = whole.nonzero()[:, 0], (~whole).nonzero()[:, 0]
